@@ -1,0 +1,85 @@
+"""The `loopline` command: parses, wires stages together, prints. No stage logic lives here.
+
+Sub-modules add their commands to ``app`` (and to ``run_app`` for `loopline run JOB`); they import
+heavy libraries only inside command bodies so `loopline --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from loopline.errors import LooplineError
+
+app = typer.Typer(
+    name="loopline",
+    help="The whole production loop of a model from one project folder and one loopline.yaml.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+run_app = typer.Typer(help="Run one job by hand: ingest, train, batch, monitor, loop, retention.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ProjectOpt = Annotated[
+    Path | None,
+    typer.Option("--project", "-p", help="Project folder (default: nearest folder with loopline.yaml).",
+                 envvar="LOOPLINE_PROJECT", show_default=False),
+]
+EnvOpt = Annotated[
+    str | None,
+    typer.Option("--env", "-e", help="Environment (default: the first under `environments`).", envvar="LOOPLINE_ENV",
+                 show_default=False),
+]
+
+
+def load(project: Path | None, env: str | None):  # type: ignore[no-untyped-def]
+    """Load the project once, at the edge."""
+    from loopline.config import load_project
+
+    return load_project(project, env)
+
+
+def fail(exc: LooplineError) -> None:
+    err_console.print("[bold red]error:[/] ", end="")
+    err_console.print(exc.message, highlight=False, markup=False)
+    if exc.hint:
+        err_console.print("[yellow]Hint:[/] ", end="")
+        err_console.print(exc.hint, highlight=False, markup=False)
+
+
+def _register() -> None:
+    for name in ("data", "pipeline", "scaffold", "lifecycle", "batch", "serving", "monitor", "ops"):
+        try:
+            __import__(f"loopline.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"loopline.cli.{name}":
+                raise
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except LooplineError as exc:
+        fail(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/]")
+        sys.exit(130)
+    except Exception as exc:  # a bug in loopline: say so plainly, traceback only on request
+        if os.environ.get("LOOPLINE_DEBUG"):
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: ", end="")
+        err_console.print(str(exc), markup=False, highlight=False)
+        err_console.print("[yellow]Hint:[/] rerun with LOOPLINE_DEBUG=1 for the traceback and report it")
+        sys.exit(70)
