@@ -112,7 +112,7 @@ def project_dir(tmp_path: Path) -> Path:
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the real `loopline` console command in a subprocess."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, "COLUMNS": "250", **(env or {})}
     return subprocess.run(
         [str(VENV_BIN / "loopline"), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
     )
