@@ -109,8 +109,9 @@ def project_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the real `loopline` console command in a subprocess."""
     full_env = {**os.environ, "COLUMNS": "250", **(env or {})}
     return subprocess.run(

@@ -82,7 +82,10 @@ def test_unknown_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("batch: {engine: dask}", r"batch.engine must be one of 'local' or 'spark', got 'dask'"),
         ("contract: {columns: {x: {regex: '('}}}", r"contract.columns.x must be a valid regular expression"),
         ("gate: {prediction_range: [5, 1]}", r"gate must be prediction_range as \[min, max\] with min <= max"),
-        ("schedules: {train: 'every day'}", r"schedules.train: a cron expression like '0 3 \* \* \*', got 'every day'"),
+        (
+            "schedules: {train: 'every day'}",
+            r"schedules.train must be a cron expression like '0 3 \* \* \*' \(minute hour day month weekday\), got 'every day'",
+        ),
         ("trainig: {}", r"trainig is not a known key"),
         ("sources: {s: {kind: csv}}", r"sources.s must be a `path` \(kind csv needs one\)"),
     ],
@@ -115,13 +118,20 @@ def test_bad_yaml_and_missing_file(tmp_path: Path, tmp_path_factory: pytest.Temp
 
 def test_overlay_errors_name_environment(tmp_path: Path) -> None:
     write(tmp_path, BASE.replace("max_iter: 500", "max_iter: 500}, split: {test: 3"))
-    with pytest.raises(ConfigError, match=r"loopline.yaml \[environment prod\]: training.split.test must be a number < 1"):
+    with pytest.raises(
+        ConfigError, match=r"loopline.yaml \[environment prod\]: training.split.test must be a number < 1"
+    ):
         load_config(tmp_path / "loopline.yaml", "prod", environ={"PROD_TRACKING": "x"})
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("90d", timedelta(days=90)), ("12h", timedelta(hours=12)), ("30m", timedelta(minutes=30)), (45, timedelta(seconds=45))],
+    [
+        ("90d", timedelta(days=90)),
+        ("12h", timedelta(hours=12)),
+        ("30m", timedelta(minutes=30)),
+        (45, timedelta(seconds=45)),
+    ],
 )
 def test_durations(text: object, expected: timedelta) -> None:
     assert parse_duration(text) == expected

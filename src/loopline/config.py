@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -280,7 +281,8 @@ class MonitoringConfig(_Model):
 
 class RetrainingConfig(_Model):
     triggers: list[Literal["drift", "performance", "range", "schedule"]] = Field(
-        default_factory=lambda: ["drift", "performance"], description="What starts a retrain."
+        default_factory=lambda: ["drift", "performance"],  # type: ignore[arg-type]
+        description="What starts a retrain.",
     )
     source: str | None = Field(None, description="Source ingested before retraining (default: the first).")
     auto_promote: bool = Field(True, description="Promote a passing candidate automatically.")
@@ -380,15 +382,13 @@ def _package_file(uri: str) -> str:
     try:
         return str(files(package).joinpath(rel))
     except ModuleNotFoundError:
-        raise ConfigError(
-            f"{uri}: package {package!r} is not installed", hint=f"pip install {package}"
-        ) from None
+        raise ConfigError(f"{uri}: package {package!r} is not installed", hint=f"pip install {package}") from None
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
-def interpolate(value: Any, path: str, file: str, environ: dict[str, str] | os._Environ[str]) -> Any:
+def interpolate(value: Any, path: str, file: str, environ: Mapping[str, str]) -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
     if isinstance(value, dict):
         return {k: interpolate(v, f"{path}.{k}" if path else str(k), file, environ) for k, v in value.items()}
@@ -497,19 +497,21 @@ def _describe(err: Any) -> str:
     return f"{loc}: {msg}{got}"
 
 
-def load_config(path: Path, env: str | None = None, environ: dict[str, str] | None = None) -> tuple[LooplineConfig, str]:
+def load_config(
+    path: Path, env: str | None = None, environ: dict[str, str] | None = None
+) -> tuple[LooplineConfig, str]:
     """Load and validate ``loopline.yaml`` for one environment; return the config and the env name."""
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    env_vars: Mapping[str, str] = os.environ if environ is None else environ
     raw = read_raw(path)
     envs = raw.get("environments")
     name = env or (next(iter(envs)) if isinstance(envs, dict) and envs else "dev")
     # Only the selected environment's `${VAR}`s must be set: dev never needs prod's secrets.
-    lenient = {**environ, **_placeholders(envs, name)}
-    data = interpolate({k: v for k, v in raw.items() if k != "environments"}, "", path.name, environ)  # type: ignore[arg-type]
+    lenient = {**env_vars, **_placeholders(envs, name)}
+    data = interpolate({k: v for k, v in raw.items() if k != "environments"}, "", path.name, env_vars)
     if envs is not None:
         data["environments"] = interpolate(envs, "environments", path.name, lenient)
         if isinstance(envs, dict) and isinstance(envs.get(name), dict):
-            data["environments"][name] = interpolate(envs[name], f"environments.{name}", path.name, environ)  # type: ignore[arg-type]
+            data["environments"][name] = interpolate(envs[name], f"environments.{name}", path.name, env_vars)
     base = validate(data, path.name)
     if name not in base.environments:
         raise ConfigError(

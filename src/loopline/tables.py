@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -37,7 +37,7 @@ TABLE_NAMES = (
     "runs",
 )
 DEFAULT_BATCH_ROWS = 131_072
-ArrowData = pa.Table | pa.RecordBatchReader | pa.RecordBatch
+ArrowData: TypeAlias = pa.Table | pa.RecordBatchReader | pa.RecordBatch
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class DeltaStore:
             data = pa.Table.from_batches([data])
         props = CommitProperties(custom_metadata={k: json.dumps(v, default=str) for k, v in meta.items()})
         try:
-            write_deltalake(
+            write_deltalake(  # type: ignore[call-overload]
                 self.uri(name),
                 data,
                 mode=mode,  # type: ignore[arg-type]
@@ -276,9 +276,7 @@ class DeltaStore:
 
     def vacuum(self, name: str) -> int:
         """Physically remove files no longer referenced by the current version (time travel to them ends)."""
-        files = self.table(name).vacuum(
-            retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True
-        )
+        files = self.table(name).vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True)
         return len(files)
 
     # ------------------------------------------------------------------ SQL

@@ -19,6 +19,21 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
+def db_uri(uri: str) -> str:
+    """A ``postgresql://`` / ``postgres://`` URI with the psycopg (3) driver SQLAlchemy needs when psycopg2 is absent.
+
+    SQLAlchemy's default PostgreSQL driver is psycopg2; loopline depends on psycopg 3, so a bare
+    ``postgresql://`` becomes ``postgresql+psycopg://``. URIs naming a driver are left alone.
+    """
+    for scheme in ("postgresql://", "postgres://"):
+        if uri.startswith(scheme):
+            import importlib.util
+
+            driver = "postgresql" if importlib.util.find_spec("psycopg2") else "postgresql+psycopg"
+            return f"{driver}://{uri[len(scheme) :]}"
+    return uri
+
+
 def client(project: Project) -> MlflowClient:
     """Point mlflow at the environment's tracking and registry URIs and return a client."""
     import mlflow
@@ -26,9 +41,10 @@ def client(project: Project) -> MlflowClient:
 
     if project.tracking_uri.startswith("sqlite:///"):
         project.state_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(project.tracking_uri)
-    mlflow.set_registry_uri(project.registry_uri)
-    return MlflowClient(tracking_uri=project.tracking_uri, registry_uri=project.registry_uri)
+    tracking, registry = db_uri(project.tracking_uri), db_uri(project.registry_uri)
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
+    return MlflowClient(tracking_uri=tracking, registry_uri=registry)
 
 
 def experiment_id(project: Project) -> str:

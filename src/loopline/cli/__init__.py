@@ -32,13 +32,23 @@ err_console = Console(stderr=True)
 
 ProjectOpt = Annotated[
     Path | None,
-    typer.Option("--project", "-p", help="Project folder (default: nearest folder with loopline.yaml).",
-                 envvar="LOOPLINE_PROJECT", show_default=False),
+    typer.Option(
+        "--project",
+        "-p",
+        help="Project folder (default: nearest folder with loopline.yaml).",
+        envvar="LOOPLINE_PROJECT",
+        show_default=False,
+    ),
 ]
 EnvOpt = Annotated[
     str | None,
-    typer.Option("--env", "-e", help="Environment (default: the first under `environments`).", envvar="LOOPLINE_ENV",
-                 show_default=False),
+    typer.Option(
+        "--env",
+        "-e",
+        help="Environment (default: the first under `environments`).",
+        envvar="LOOPLINE_ENV",
+        show_default=False,
+    ),
 ]
 
 

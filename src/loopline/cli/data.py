@@ -107,8 +107,14 @@ def tables(project: ProjectOpt = None, env: EnvOpt = None) -> None:
         console.print(f"no tables yet under {p.storage_root}")
         return
     t = Table(title=f"tables · {p.env} · {p.storage_root}")
-    for col, just in (("table", "left"), ("version", "right"), ("rows", "right"), ("size", "right"),
-                      ("last write", "left"), ("operation", "left")):
+    for col, just in (
+        ("table", "left"),
+        ("version", "right"),
+        ("rows", "right"),
+        ("size", "right"),
+        ("last write", "left"),
+        ("operation", "left"),
+    ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for n in names:
         i = store.info(n)
