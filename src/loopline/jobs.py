@@ -1,0 +1,319 @@
+"""Jobs: the registry of runnable jobs, the runner that records every run, and the run history.
+
+A job is a plain function ``fn(project: Project, **options) -> result`` named by a
+``module:function`` string in :data:`JOB_FUNCTIONS`; it is imported only when it runs, so the CLI
+stays fast. :func:`run_job` is what `loopline run JOB` and `loopline schedule` call:
+
+* never two runs of the same job at once in the same environment: an exclusive, non-blocking
+  ``flock`` on ``<state_dir>/locks/<job>.lock``; a held lock makes the run ``skipped`` (recorded,
+  with the holder in ``error``). The kernel drops the lock when its process dies, so a crashed run
+  never leaves a stale lock behind. The lock is per machine: two hosts sharing one object-store
+  ``storage_root`` are not kept apart (use one scheduler, or an external orchestrator).
+* every run - ok, failed or skipped - is one appended row of the ``runs`` Delta table
+  (schema in docs/contracts.md).
+* an exception from the job is recorded (the LooplineError message, or ``Type: message``) and then
+  re-raised by :func:`run_job`, so the CLI maps it to its exit code; :meth:`JobRunner.run` returns it
+  on the record instead, which is what the scheduler wants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import importlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import pyarrow as pa
+
+from loopline.config import JobName
+from loopline.errors import JobError, LooplineError
+
+if TYPE_CHECKING:
+    from loopline.config import Project
+
+JOB_NAMES: tuple[str, ...] = get_args(JobName)
+JOB_FUNCTIONS: dict[str, str] = {
+    "ingest": "loopline.ingest:ingest_job",
+    "train": "loopline.training:train_job",
+    "batch": "loopline.batch:batch_job",
+    "monitor": "loopline.monitoring.monitor:monitor_job",
+    "loop": "loopline.loop:loop_job",
+    "retention": "loopline.retention:retention_job",
+}
+"""Job name -> ``module:function``; each function is ``fn(project, **options) -> result``."""
+
+RUNS_TABLE = "runs"
+_TS = pa.timestamp("us", tz="UTC")
+RUNS_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("job", pa.string(), nullable=False),
+        pa.field("env", pa.string(), nullable=False),
+        pa.field("started_at", _TS, nullable=False),
+        pa.field("ended_at", _TS, nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("error", pa.string(), nullable=True),
+    ]
+)
+MAX_ERROR_CHARS = 4000
+
+Status = Literal["ok", "failed", "skipped"]
+JobFunction = Callable[..., object]
+Functions = Mapping[str, str | JobFunction]
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of one job: a row of the ``runs`` table, plus (in memory only) its result or exception."""
+
+    run_id: str
+    job: str
+    env: str
+    started_at: datetime
+    ended_at: datetime
+    status: Status
+    duration_s: float
+    error: str | None = None
+    result: object = field(default=None, compare=False, repr=False)
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
+
+    def row(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in RUNS_SCHEMA.names}
+
+    def summary(self) -> str:
+        """One line: the result's summary when ok, the error otherwise."""
+        if self.status == "ok":
+            return describe_result(self.result)
+        return (self.error or "").splitlines()[0] if self.error else ""
+
+
+def describe_result(result: object) -> str:
+    """A short text for a job's result: its ``summary()``, its scalar dataclass fields, or ``str``."""
+    if result is None:
+        return ""
+    summary = getattr(result, "summary", None)
+    if callable(summary):
+        return str(summary())
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        parts = [
+            f"{f.name}={getattr(result, f.name)}"
+            for f in dataclasses.fields(result)
+            if isinstance(getattr(result, f.name), (str, int, float, bool, type(None)))
+        ]
+        return " ".join(parts)
+    text = str(result)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def error_message(exc: BaseException) -> str:
+    """What the ``error`` column says: a LooplineError's message, else ``Type: message``."""
+    if isinstance(exc, LooplineError):
+        text = exc.message
+    elif isinstance(exc, KeyboardInterrupt):
+        text = "interrupted"
+    else:
+        text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def resolve_job(name: str, functions: Functions | None = None) -> JobFunction:
+    """The callable behind a job name, imported now (and only now)."""
+    registry = JOB_FUNCTIONS if functions is None else functions
+    if name not in registry:
+        raise JobError(f"unknown job {name!r}", hint=f"jobs: {', '.join(registry)}")
+    ref = registry[name]
+    if callable(ref):
+        return ref
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise JobError(
+            f"job {name!r}: cannot import {module_name!r} for {ref!r} ({exc})",
+            hint="a missing optional dependency names its `pip install` line above",
+        ) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise JobError(f"job {name!r}: module {module_name!r} has no function {attr!r}")
+    return fn  # type: ignore[no-any-return]
+
+
+class JobLock:
+    """An exclusive, non-blocking ``flock`` on ``<state_dir>/locks/<job>.lock`` (one job, one env)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @classmethod
+    def for_job(cls, project: Project, job: str) -> JobLock:
+        return cls(project.state_dir / "locks" / f"{job}.lock")
+
+    def acquire(self) -> bool:
+        """Take the lock; False (immediately) when another process or thread holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {utc_now():%Y-%m-%d %H:%M:%S} UTC\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it (best effort)."""
+        try:
+            return self.path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+
+class JobRunner:
+    """Runs jobs of one project under their lock and appends one ``runs`` row per run."""
+
+    def __init__(self, project: Project, *, functions: Functions | None = None, clock: Clock = utc_now) -> None:
+        self.project = project
+        self.functions = functions
+        self.clock = clock
+
+    def run(self, name: str, options: Mapping[str, Any] | None = None) -> RunRecord:
+        """Run one job; failures are recorded and returned on the record (``record.exception``), not raised.
+
+        A job calling ``sys.exit()`` is a failure like any other (returned); KeyboardInterrupt is
+        recorded as failed and re-raised. An unknown job name raises JobError (nothing is recorded);
+        a failure to write the ``runs`` row raises TableError.
+        """
+        if name not in (JOB_FUNCTIONS if self.functions is None else self.functions):
+            resolve_job(name, self.functions)  # raises JobError naming the known jobs
+        run_id = uuid.uuid4().hex
+        lock = JobLock.for_job(self.project, name)
+        started = self._now()
+        if not lock.acquire():
+            reason = f"job {name!r} is already running in env {self.project.env!r} ({lock.holder()})"
+            return self._record(RunRecord(run_id, name, self.project.env, started, started, "skipped", 0.0, reason))
+        t0 = time.perf_counter()
+        status: Status = "ok"
+        result: object = None
+        error: BaseException | None = None
+        try:
+            fn = resolve_job(name, self.functions)
+            result = fn(self.project, **dict(options or {}))
+        except BaseException as exc:  # recorded; KeyboardInterrupt is re-raised below
+            status, error = "failed", exc
+        finally:
+            lock.release()
+        record = RunRecord(
+            run_id,
+            name,
+            self.project.env,
+            started,
+            self._now(),
+            status,
+            round(time.perf_counter() - t0, 6),
+            error_message(error) if error is not None else None,
+            result,
+            error,
+        )
+        self._record(record)
+        if error is not None and not isinstance(error, (Exception, SystemExit)):
+            raise error
+        return record
+
+    def _now(self) -> datetime:
+        now = self.clock()
+        return now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
+
+    def _record(self, record: RunRecord) -> RunRecord:
+        append_run(self.project, record)
+        return record
+
+
+def run_job(project: Project, name: str, *, functions: Functions | None = None, **options: Any) -> RunRecord:
+    """Run one job by hand (what `loopline run JOB` calls): recorded, locked, errors re-raised.
+
+    A run skipped because the job is already running is returned (``status == "skipped"``), not raised.
+    """
+    record = JobRunner(project, functions=functions).run(name, options)
+    if record.exception is not None:
+        raise record.exception
+    return record
+
+
+# ----------------------------------------------------------------------------- run history
+def _store(project: Project) -> Any:
+    from loopline.tables import DeltaStore
+
+    return DeltaStore(project.storage_root, project.storage_options)
+
+
+def append_run(project: Project, record: RunRecord) -> None:
+    """Append one row to the ``runs`` table (one Delta commit)."""
+    table = pa.Table.from_pylist([record.row()], schema=RUNS_SCHEMA)
+    _store(project).append(RUNS_TABLE, table, job=record.job, run_id=record.run_id)
+
+
+def _from_row(row: dict[str, Any]) -> RunRecord:
+    return RunRecord(
+        run_id=row["run_id"],
+        job=row["job"],
+        env=row["env"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        status=row["status"],
+        duration_s=float(row["duration_s"]),
+        error=row["error"],
+    )
+
+
+def run_history(
+    project: Project, *, job: str | None = None, status: str | None = None, limit: int | None = 50
+) -> list[RunRecord]:
+    """Recorded runs, newest first (empty when nothing was recorded yet)."""
+    import pyarrow.dataset as ds
+
+    store = _store(project)
+    if not store.exists(RUNS_TABLE):
+        return []
+    flt: ds.Expression | None = None
+    if job is not None:
+        flt = ds.field("job") == job
+    if status is not None:
+        cond = ds.field("status") == status
+        flt = cond if flt is None else flt & cond
+    table = store.read(RUNS_TABLE, columns=list(RUNS_SCHEMA.names), filter=flt)
+    table = table.sort_by([("started_at", "descending"), ("ended_at", "descending")])
+    if limit is not None:
+        table = table.slice(0, limit)
+    return [_from_row(r) for r in table.to_pylist()]
+
+
+def last_runs(project: Project) -> dict[str, RunRecord]:
+    """The latest recorded run of each job (for `loopline status`), in registry order."""
+    latest: dict[str, RunRecord] = {}
+    for record in run_history(project, limit=None):
+        latest.setdefault(record.job, record)
+    order = {name: i for i, name in enumerate(JOB_FUNCTIONS)}
+    return dict(sorted(latest.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
