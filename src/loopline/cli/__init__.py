@@ -68,7 +68,7 @@ def fail(exc: LooplineError) -> None:
 
 
 def _register() -> None:
-    for name in ("data", "pipeline", "scaffold", "lifecycle", "batch", "serving", "monitor", "ops"):
+    for name in ("data", "pipeline", "scaffold", "lifecycle", "batch", "serving", "monitor", "ops", "status", "loop"):
         try:
             __import__(f"loopline.cli.{name}")
         except ModuleNotFoundError as exc:
