@@ -1,0 +1,1 @@
+"""Feature and check hooks of the Capital Bikeshare example."""
