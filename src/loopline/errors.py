@@ -80,6 +80,10 @@ class MonitoringError(LooplineError):
     """Monitoring could not run."""
 
 
+class ReviewError(LooplineError):
+    """An expert-review action (`loopline review`) was refused: unknown request id or key, bad label."""
+
+
 class JobError(LooplineError):
     """A job could not be started or scheduled (unknown name, not importable, nothing scheduled)."""
 

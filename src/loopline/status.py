@@ -1,0 +1,458 @@
+"""`loopline status`: one read-only view of an environment, and the needs-review flag.
+
+The report gathers, each part on its own and each saying "none" when absent (no registry yet, no
+tables yet): the registered model with its ``champion`` and ``challenger`` versions and their gate
+metrics (model-version tags), the last run of each job (``runs`` table), the latest monitoring check
+(``monitoring`` table), the needs-review flag (registered-model tags) and the size of every table.
+
+The needs-review flag is what the loop sets after too many refused candidates in a row
+(:func:`set_needs_review`) and what a human lifts (`loopline review clear` -> :func:`clear_needs_review`).
+While it is set, `loopline status` exits with :data:`EXIT_NEEDS_REVIEW` (12).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from loopline import tracking
+from loopline.errors import LooplineError, RegistryError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+    from loopline.config import Project
+    from loopline.jobs import RunRecord
+
+NEEDS_REVIEW_TAG = "loopline.needs_review"
+"""Registered-model tag: ``"true"`` while the environment needs human review."""
+NEEDS_REVIEW_REASON_TAG = "loopline.needs_review_reason"
+"""Registered-model tag: why review is needed (set with the flag)."""
+NEEDS_REVIEW_SINCE_TAG = "loopline.needs_review_since"
+"""Registered-model tag: when the flag was set (ISO 8601, UTC)."""
+REVIEW_CLEARED_AT_TAG = "loopline.review_cleared_at"
+"""Registered-model tag: when a human last cleared the flag (ISO 8601, UTC)."""
+EXIT_NEEDS_REVIEW = 12
+"""Exit code of `loopline status` (and `loopline loop`) while the environment needs human review."""
+
+GATE_PREFIX = "loopline.gate."
+MONITORING_TABLE = "monitoring"
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
+_RANK = {"no_data": 0, "ok": 1, "breach": 2}
+
+
+# ----------------------------------------------------------------------------- report parts
+@dataclass
+class VersionStatus:
+    """A model version holding an alias, with the gate result recorded on its tags."""
+
+    alias: str
+    version: str
+    run_id: str | None
+    created_at: datetime | None
+    gate_verdict: str | None
+    gate_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] = field(default_factory=dict)
+    compared_with: str | None = None
+    failed_rules: list[str] = field(default_factory=list)
+    retired: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"] = self.created_at.isoformat() if self.created_at else None
+        return d
+
+
+@dataclass
+class MonitoringStatus:
+    """The latest monitoring check: overall verdict (``breach`` if any row breached) and what breached."""
+
+    checked_at: datetime
+    model_version: str | None
+    verdict: str
+    kinds: dict[str, str]
+    breaches: list[dict[str, Any]]
+    rows: int
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checked_at"] = self.checked_at.isoformat()
+        return d
+
+
+@dataclass
+class ReviewFlag:
+    needed: bool
+    reason: str | None = None
+    since: str | None = None
+    cleared_at: str | None = None
+
+
+@dataclass
+class StatusReport:
+    """Everything `loopline status` shows; ``to_dict`` is its ``--json`` form."""
+
+    project: str
+    env: str
+    registered_model: str
+    tracking_uri: str
+    registry_exists: bool
+    champion: VersionStatus | None
+    challenger: VersionStatus | None
+    runs: dict[str, RunRecord]
+    monitoring: MonitoringStatus | None
+    review: ReviewFlag
+    tables: list[Any]  # loopline.tables.TableInfo
+    storage_root: str = ""
+    latest: VersionStatus | None = None
+    """The newest version when it holds neither alias (e.g. a candidate the gate refused)."""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_NEEDS_REVIEW if self.review.needed else 0
+
+    def _all_runs(self) -> dict[str, RunRecord | None]:
+        """Every known job (None = never run), then any other job with a recorded run."""
+        from loopline.jobs import JOB_FUNCTIONS
+
+        return {**dict.fromkeys(JOB_FUNCTIONS), **self.runs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "env": self.env,
+            "registered_model": self.registered_model,
+            "tracking_uri": self.tracking_uri,
+            "storage_root": self.storage_root,
+            "registry_exists": self.registry_exists,
+            "champion": self.champion.to_dict() if self.champion else None,
+            "challenger": self.challenger.to_dict() if self.challenger else None,
+            "latest": self.latest.to_dict() if self.latest else None,
+            "runs": {job: _run_dict(r) if r else None for job, r in self._all_runs().items()},
+            "monitoring": self.monitoring.to_dict() if self.monitoring else None,
+            "needs_review": asdict(self.review),
+            "tables": [_table_dict(t) for t in self.tables],
+            "exit_code": self.exit_code,
+        }
+
+
+def _run_dict(r: RunRecord) -> dict[str, Any]:
+    return {
+        "run_id": r.run_id,
+        "job": r.job,
+        "status": r.status,
+        "started_at": r.started_at.isoformat(),
+        "ended_at": r.ended_at.isoformat(),
+        "duration_s": r.duration_s,
+        "error": r.error,
+    }
+
+
+def _table_dict(t: Any) -> dict[str, Any]:
+    d = asdict(t)
+    d["last_write"] = t.last_write.isoformat() if t.last_write else None
+    return d
+
+
+# ----------------------------------------------------------------------------- MLflow access
+def safe_uri(uri: str) -> str:
+    """A URI with any password replaced by ``***`` (safe to print)."""
+    parts = urlsplit(uri)
+    if parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return uri
+
+
+def _unreachable(project: Project, exc: BaseException | str) -> LooplineError:
+    uri = safe_uri(project.registry_uri)
+    what = "tracking URI" if project.registry_uri == project.tracking_uri else "registry URI"
+    return LooplineError(
+        f"cannot reach MLflow at {what} {uri}: {exc}",
+        hint="check the server is running and environments.<env>.tracking_uri in loopline.yaml",
+    )
+
+
+def _registry_db_missing(project: Project) -> bool:
+    """True for an embedded sqlite registry whose database file does not exist yet (nothing registered)."""
+    uri = project.registry_uri
+    if not uri.startswith("sqlite:///"):
+        return False
+    path = uri[len("sqlite:///") :]
+    return path not in ("", ":memory:") and not Path(path).exists()
+
+
+def _check_server(project: Project, timeout: float = 5.0) -> None:
+    """Fail fast (instead of mlflow's minutes of retries) when an HTTP tracking server does not answer."""
+    uri = project.registry_uri
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        return  # something answered; a proxy without /health is fine
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise _unreachable(project, reason) from None
+
+
+def _client(project: Project) -> MlflowClient:
+    _check_server(project)
+    return tracking.client(project)
+
+
+def _registered_tags(project: Project, c: MlflowClient) -> dict[str, str] | None:
+    """The registered model's tags, or None when it does not exist (yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = c.get_registered_model(project.registered_model)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in _MISSING:
+            return None
+        raise _unreachable(project, exc.message) from None
+    except Exception as exc:  # connection errors from SQLAlchemy / requests
+        raise _unreachable(project, exc) from None
+    return dict(rm.tags or {})
+
+
+def _gate_floats(tags: dict[str, str], prefix: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in sorted(tags.items()):
+        if k.startswith(prefix):
+            try:
+                out[k[len(prefix) :]] = float(v)
+            except ValueError:
+                continue
+    return out
+
+
+def version_status(alias: str, mv: ModelVersion) -> VersionStatus:
+    tags = dict(mv.tags or {})
+    try:
+        failed = json.loads(tags.get(GATE_PREFIX + "failed_rules", "[]"))
+    except json.JSONDecodeError:
+        failed = [tags[GATE_PREFIX + "failed_rules"]]
+    created = (
+        datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
+        if getattr(mv, "creation_timestamp", None)
+        else None
+    )
+    return VersionStatus(
+        alias=alias,
+        version=str(mv.version),
+        run_id=mv.run_id,
+        created_at=created,
+        gate_verdict=tags.get(GATE_PREFIX + "verdict"),
+        gate_metrics=_gate_floats(tags, GATE_PREFIX + "candidate."),
+        champion_metrics=_gate_floats(tags, GATE_PREFIX + "champion."),
+        compared_with=tags.get(GATE_PREFIX + "champion_version") or None,
+        failed_rules=[str(f) for f in failed] if isinstance(failed, list) else [str(failed)],
+        retired=tags.get("loopline.retired") == "true",
+    )
+
+
+def _latest(project: Project, c: MlflowClient) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = c.search_model_versions(
+            f"name='{project.registered_model}'", order_by=["version_number DESC"], max_results=1
+        )
+    except MlflowException as exc:
+        raise _unreachable(project, exc.message) from None
+    return found[0] if found else None
+
+
+def _alias(project: Project, alias: str) -> VersionStatus | None:
+    try:
+        mv = tracking.alias_version(project, alias)
+    except RegistryError as exc:
+        raise _unreachable(project, exc.message) from None
+    return version_status(alias, mv) if mv is not None else None
+
+
+# ----------------------------------------------------------------------------- needs-review flag
+def _flag(tags: dict[str, str] | None) -> ReviewFlag:
+    tags = tags or {}
+    needed = tags.get(NEEDS_REVIEW_TAG, "").lower() == "true"
+    return ReviewFlag(
+        needed=needed,
+        reason=tags.get(NEEDS_REVIEW_REASON_TAG) if needed else None,
+        since=tags.get(NEEDS_REVIEW_SINCE_TAG) if needed else None,
+        cleared_at=tags.get(REVIEW_CLEARED_AT_TAG),
+    )
+
+
+def review_flag(project: Project) -> ReviewFlag:
+    """The environment's needs-review flag (not needed when there is no registered model yet)."""
+    if _registry_db_missing(project):
+        return ReviewFlag(needed=False)
+    return _flag(_registered_tags(project, _client(project)))
+
+
+def needs_review(project: Project) -> str | None:
+    """Why the environment needs human review, or None when it does not (what the loop checks)."""
+    flag = review_flag(project)
+    if not flag.needed:
+        return None
+    return flag.reason or "flagged for review (no reason recorded)"
+
+
+def set_needs_review(project: Project, reason: str) -> None:
+    """Flag the environment for human review (registered-model tags); creates the registered model if needed."""
+    from mlflow.exceptions import MlflowException
+
+    c = _client(project)
+    name = project.registered_model
+    if _registered_tags(project, c) is None:
+        try:
+            c.create_registered_model(name)
+        except MlflowException as exc:
+            if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise RegistryError(f"cannot create registered model {name!r}: {exc.message}") from None
+    try:
+        c.set_registered_model_tag(name, NEEDS_REVIEW_TAG, "true")
+        c.set_registered_model_tag(name, NEEDS_REVIEW_REASON_TAG, reason)
+        c.set_registered_model_tag(name, NEEDS_REVIEW_SINCE_TAG, datetime.now(UTC).isoformat())
+    except MlflowException as exc:
+        raise RegistryError(f"cannot flag {name!r} for review: {exc.message}") from None
+
+
+def clear_needs_review(project: Project) -> str | None:
+    """Lift the needs-review flag; returns the reason it had (None when it was not set). Idempotent."""
+    from mlflow.exceptions import MlflowException
+
+    if _registry_db_missing(project):
+        return None
+    c = _client(project)
+    name = project.registered_model
+    flag = _flag(_registered_tags(project, c))
+    if not flag.needed:
+        return None
+    try:
+        for tag in (NEEDS_REVIEW_TAG, NEEDS_REVIEW_REASON_TAG, NEEDS_REVIEW_SINCE_TAG):
+            try:
+                c.delete_registered_model_tag(name, tag)
+            except MlflowException as exc:
+                if getattr(exc, "error_code", "") not in _MISSING:
+                    raise
+        c.set_registered_model_tag(name, REVIEW_CLEARED_AT_TAG, datetime.now(UTC).isoformat())
+    except MlflowException as exc:
+        raise RegistryError(f"cannot clear the review flag of {name!r}: {exc.message}") from None
+    return flag.reason or "flagged for review (no reason recorded)"
+
+
+def review_cleared_at(project: Project) -> datetime | None:
+    """When a human last cleared the flag (the loop counts refused candidates only after it), or None."""
+    at = review_flag(project).cleared_at
+    return datetime.fromisoformat(at) if at else None
+
+
+# ----------------------------------------------------------------------------- tables, runs, monitoring
+def _store(project: Project) -> Any:
+    """The table store, or None when a local storage root does not exist yet (nothing written)."""
+    from loopline.tables import DeltaStore
+
+    root = project.storage_root
+    if "://" not in root and not Path(root).is_dir():
+        return None
+    return DeltaStore(root, project.storage_options)
+
+
+def latest_monitoring(store: Any) -> MonitoringStatus | None:
+    """The rows of the most recent check in the ``monitoring`` table, summarised; None when there are none."""
+    if store is None or not store.exists(MONITORING_TABLE):
+        return None
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    dataset = store.dataset(MONITORING_TABLE)
+    times = dataset.to_table(columns=["checked_at"]).column(0)
+    if len(times) == 0 or times.null_count == len(times):
+        return None
+    last = pc.max(times)
+    cols = [
+        c
+        for c in ("model_version", "kind", "feature", "slice", "value", "threshold", "verdict")
+        if c in dataset.schema.names
+    ]
+    rows = dataset.to_table(columns=cols, filter=ds.field("checked_at") == last).to_pylist()
+    kinds: dict[str, str] = {}
+    breaches: list[dict[str, Any]] = []
+    for r in rows:
+        kind, verdict = r.get("kind") or "?", r.get("verdict") or "no_data"
+        if kind not in kinds or _RANK.get(verdict, 0) > _RANK.get(kinds[kind], 0):
+            kinds[kind] = verdict
+        if verdict == "breach":
+            breaches.append({k: r.get(k) for k in ("kind", "feature", "slice", "value", "threshold")})
+    if breaches:
+        overall = "breach"
+    elif any(v == "ok" for v in kinds.values()):
+        overall = "ok"
+    else:
+        overall = "no_data"
+    versions = [r.get("model_version") for r in rows if r.get("model_version")]
+    return MonitoringStatus(
+        checked_at=last.as_py(),
+        model_version=versions[0] if versions else None,
+        verdict=overall,
+        kinds=kinds,
+        breaches=breaches,
+        rows=len(rows),
+    )
+
+
+def table_sizes(store: Any) -> list[Any]:
+    if store is None:
+        return []
+    return [store.info(n) for n in store.names()]
+
+
+# ----------------------------------------------------------------------------- the report
+def status(project: Project) -> StatusReport:
+    """Gather the environment's status; every absent part is None / empty, never an error.
+
+    An MLflow tracking server (or database) that cannot be reached raises LooplineError naming its URI.
+    """
+    from loopline.jobs import last_runs
+
+    champion = challenger = latest = None
+    tags: dict[str, str] | None = None
+    if not _registry_db_missing(project):
+        c = _client(project)
+        tags = _registered_tags(project, c)
+        if tags is not None:
+            champion = _alias(project, tracking.CHAMPION)
+            challenger = _alias(project, tracking.CHALLENGER)
+            newest = _latest(project, c)
+            held = {v.version for v in (champion, challenger) if v is not None}
+            if newest is not None and str(newest.version) not in held:
+                latest = version_status("latest", newest)
+    store = _store(project)
+    return StatusReport(
+        project=project.config.project,
+        env=project.env,
+        registered_model=project.registered_model,
+        tracking_uri=safe_uri(project.tracking_uri),
+        storage_root=project.storage_root,
+        registry_exists=tags is not None,
+        champion=champion,
+        challenger=challenger,
+        runs=last_runs(project) if store is not None else {},
+        monitoring=latest_monitoring(store),
+        review=_flag(tags),
+        tables=table_sizes(store),
+        latest=latest,
+    )
