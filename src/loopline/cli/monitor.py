@@ -1,0 +1,174 @@
+"""`loopline monitor` and `loopline run monitor`: drift, performance and range checks of one window."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
+
+if TYPE_CHECKING:
+    from loopline.monitoring.monitor import MonitorResult
+
+VERDICT_STYLE = {"ok": "green", "breach": "bold red", "no_data": "yellow"}
+
+WindowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--window",
+        "-w",
+        help="Window length up to now (or --until), e.g. 7d, 24h (default: monitoring.window).",
+        show_default=False,
+    ),
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option("--since", help="Window start, ISO 8601 (UTC unless an offset is given).", show_default=False),
+]
+UntilOpt = Annotated[
+    str | None,
+    typer.Option("--until", help="Window end (exclusive), ISO 8601; default now.", show_default=False),
+]
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"must be an ISO 8601 date or time like 2026-01-31 or 2026-01-31T12:00, got {value!r}",
+            param_hint=f"'{option}'",
+        ) from None
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.4g}"
+
+
+def _verdict(v: str) -> str:
+    return f"[{VERDICT_STYLE.get(v, '')}]{v.replace('_', ' ')}[/]"
+
+
+def print_result(result: MonitorResult) -> None:
+    """A table per feature, the check-level verdicts, the report path."""
+    from rich.table import Table
+
+    r = result
+    console.print(
+        f"monitoring {r.model_name} v{r.model_version} · window {r.window_start:%Y-%m-%d %H:%M} .. "
+        f"{r.window_end:%Y-%m-%d %H:%M} UTC · reference: features version {r.features_version}",
+        highlight=False,
+    )
+    table = Table(title="feature drift", title_justify="left")
+    for col in ("feature", "statistic", "value", "threshold", "verdict", "ref n", "cur n"):
+        table.add_column(col, justify="right" if col in ("value", "threshold", "ref n", "cur n") else "left")
+    rows = list(r.drift.features) + ([r.prediction_drift] if r.prediction_drift else [])
+    for f in rows:
+        stat = f"{f.statistic} (p-value)" if f.statistic in ("ks", "chi2") else f.statistic
+        table.add_row(
+            f.feature, stat, _num(f.value), _num(f.threshold), _verdict(f.verdict), str(f.n_reference), str(f.n_current)
+        )
+    console.print(table)
+    checks = Table(title="checks", title_justify="left")
+    for col in ("check", "value", "threshold", "verdict", "detail"):
+        checks.add_column(col)
+    d = r.drift
+    checks.add_row(
+        "dataset drift (share)",
+        _num(d.share),
+        _num(d.drift_share),
+        _verdict(d.verdict),
+        ", ".join(d.drifted) or "none drifted",
+    )
+    if r.prediction_drift:
+        p = r.prediction_drift
+        checks.add_row(
+            f"prediction drift ({p.statistic})", _num(p.value), _num(p.threshold), _verdict(p.verdict), p.detail
+        )
+    if r.performance:
+        w = r.performance.watched
+        checks.add_row(
+            f"performance ({r.performance.metric})",
+            _num(w.value if w else None),
+            _num(w.threshold if w else None),
+            _verdict(r.performance.verdict),
+            r.performance.message,
+        )
+    if r.range:
+        checks.add_row(
+            "prediction range (share out)",
+            _num(r.range.share),
+            _num(r.range.threshold),
+            _verdict(r.range.verdict),
+            r.range.message,
+        )
+    console.print(checks)
+    console.print(f"verdict: {_verdict(r.verdict)} · ", end="")
+    console.print(r.message, markup=False, highlight=False)
+    if r.report_html:
+        console.print(f"report: {r.report_html}", highlight=False)
+        console.print(f"json:   {r.report_json}", highlight=False)
+
+
+def _finish(result: MonitorResult) -> None:
+    print_result(result)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+@app.command("monitor")
+def monitor_cmd(
+    project: ProjectOpt = None,
+    env: EnvOpt = None,
+    window: WindowOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+) -> None:
+    """Compare a window of production inputs with the champion's training data; check labels and range.
+
+    Exit codes: 0 within thresholds (or no data in the window); 10 on a breach: dataset or prediction
+    drift, performance below the gate-time metric, or too many predictions out of range.
+    """
+    from loopline.config import parse_duration
+    from loopline.monitoring.monitor import monitor
+
+    length = None
+    if window is not None:
+        try:
+            length = parse_duration(window)
+        except ValueError:
+            raise typer.BadParameter(
+                f"must be a duration like 7d, 12h or 30m, got {window!r}", param_hint="'--window'"
+            ) from None
+    proj = load(project, env)
+    _finish(monitor(proj, length, _when(since, "--since"), _when(until, "--until")))
+
+
+@run_app.command("monitor")
+def run_monitor(
+    project: ProjectOpt = None,
+    env: EnvOpt = None,
+    window: WindowOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+) -> None:
+    """Run the monitor job (recorded in the `runs` table); exit 10 on a breach."""
+    from loopline.jobs import run_job
+
+    proj = load(project, env)
+    options: dict[str, object] = {
+        k: v
+        for k, v in (("window", window), ("since", _when(since, "--since")), ("until", _when(until, "--until")))
+        if v is not None
+    }
+    record = run_job(proj, "monitor", **options)  # type: ignore[arg-type]
+    if record.status == "skipped":
+        console.print(f"monitor skipped: {record.summary()}", highlight=False)
+        return
+    _finish(record.result)  # type: ignore[arg-type]

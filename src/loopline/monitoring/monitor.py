@@ -1,0 +1,518 @@
+"""The monitor stage: current window vs the champion's training data, labels vs gate metrics, range.
+
+``monitor(project)``:
+
+1. window: ``[until - window, until)`` (default ``monitoring.window`` up to now), or ``[since, until)``.
+2. reference: the ``features`` table at the exact Delta version the champion was trained on (the
+   ``loopline.features_version`` tag of its run), all rows of that version (training, validation and
+   test rows alike: the distribution the model was built from), model input columns only. The
+   champion scores the same rows once to give the reference predictions.
+3. current: inputs and predictions from ``inference_log`` (by ``timestamp``, successful requests) and/or
+   batch scoring (``predictions`` by ``scored_at``; inputs = the ``features`` rows of those
+   ``_batch_id`` values), per ``monitoring.source``.
+4. drift per feature, dataset drift, prediction drift (:mod:`.drift`); performance on feedback labels and
+   the range check (:mod:`.performance`).
+5. one append commit to the ``monitoring`` table, an offline HTML report and JSON under
+   ``<state_dir>/reports/``.
+
+Verdict: ``breach`` when dataset drift, prediction drift, performance or the range check breached
+(exit code :data:`EXIT_BREACH`); ``no_data`` when the window holds no inputs and no predictions
+(exit code 0, with a message); ``ok`` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from loopline.errors import MonitoringError
+from loopline.monitoring.drift import (
+    DEFAULT_SAMPLE_SIZE,
+    DriftReport,
+    FeatureDrift,
+    Kind,
+    Profiler,
+    compare,
+    compare_column,
+    infer_kinds,
+)
+from loopline.monitoring.performance import PerformanceResult, RangeResult, check_range, evaluate_performance
+
+if TYPE_CHECKING:
+    from loopline.config import Project
+    from loopline.tables import DeltaStore
+
+EXIT_BREACH = 10
+"""Exit code of `loopline monitor` when drift, performance or range breached (0: ok or no data)."""
+TABLE = "monitoring"
+_TS = pa.timestamp("us", tz="UTC")
+MONITORING_SCHEMA = pa.schema(
+    [
+        pa.field("checked_at", _TS, nullable=False),
+        pa.field("window_start", _TS, nullable=False),
+        pa.field("window_end", _TS, nullable=False),
+        pa.field("model_version", pa.string()),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("feature", pa.string(), nullable=False),
+        pa.field("slice", pa.string()),
+        pa.field("statistic", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("threshold", pa.float64()),
+        pa.field("verdict", pa.string(), nullable=False),
+        pa.field("n_reference", pa.int64(), nullable=False),
+        pa.field("n_current", pa.int64(), nullable=False),
+    ]
+)
+Verdict = Literal["ok", "breach", "no_data"]
+
+
+@dataclass
+class MonitorResult:
+    """What one monitoring check found; rendered the same way in the CLI, the report and JSON."""
+
+    checked_at: datetime
+    window_start: datetime
+    window_end: datetime
+    model_name: str
+    model_version: str
+    run_id: str
+    features_version: int
+    verdict: Verdict
+    message: str
+    breaches: list[str]
+    drift: DriftReport
+    prediction_drift: FeatureDrift | None
+    performance: PerformanceResult | None
+    range: RangeResult | None
+    rows: pa.Table
+    table_version: int | None = None
+    report_html: Path | None = None
+    report_json: Path | None = None
+    actions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_BREACH if self.verdict == "breach" else 0
+
+    def summary(self) -> str:
+        return f"{self.verdict}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checked_at": self.checked_at.isoformat(),
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "run_id": self.run_id,
+            "features_version": self.features_version,
+            "verdict": self.verdict,
+            "message": self.message,
+            "breaches": self.breaches,
+            "exit_code": self.exit_code,
+            "drift": self.drift.to_dict(),
+            "prediction_drift": self.prediction_drift.to_dict() if self.prediction_drift else None,
+            "performance": self.performance.to_dict() if self.performance else None,
+            "range": self.range.to_dict() if self.range else None,
+            "actions": self.actions,
+            "report_html": str(self.report_html) if self.report_html else None,
+        }
+
+
+# ----------------------------------------------------------------------------- window
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def resolve_window(
+    default: timedelta,
+    window: timedelta | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    now: datetime | None = None,
+) -> tuple[datetime, datetime]:
+    """``[start, end)`` from a window length or explicit bounds (naive datetimes are UTC)."""
+    if window is not None and since is not None:
+        raise MonitoringError(
+            "give a window length or --since/--until, not both",
+            hint="loopline monitor --window 7d, or --since 2026-01-01 --until 2026-01-08",
+        )
+    if window is not None and window <= timedelta(0):
+        raise MonitoringError(f"the window must be longer than 0 seconds, got {window}")
+    end = _utc(until) if until is not None else _utc(now or datetime.now(UTC))
+    start = _utc(since) if since is not None else end - (window or default)
+    if start >= end:
+        raise MonitoringError(f"the window start {start.isoformat()} is not before its end {end.isoformat()}")
+    return start, end
+
+
+def _window_filter(dataset: ds.Dataset, column: str, start: datetime, end: datetime) -> ds.Expression:
+    typ = dataset.schema.field(column).type
+    lo, hi = (pa.scalar(x, type=_TS) for x in (start, end))
+    if getattr(typ, "tz", None) is None:
+        lo, hi = (pa.scalar(x.replace(tzinfo=None), type=pa.timestamp("us")) for x in (start, end))
+    return (ds.field(column) >= lo) & (ds.field(column) < hi)
+
+
+# ----------------------------------------------------------------------------- champion & reference
+@dataclass(frozen=True)
+class Champion:
+    name: str
+    version: str
+    run_id: str
+    features_version: int
+    baselines: dict[str, float]
+
+
+def champion_info(project: Project) -> Champion:
+    """The champion version, the Delta version of ``features`` it was trained on, its test metrics."""
+    from loopline.tracking import client, require_champion
+
+    mv = require_champion(project)
+    run = client(project).get_run(str(mv.run_id))
+    tag = run.data.tags.get("loopline.features_version")
+    if tag is None:
+        raise MonitoringError(
+            f"champion {project.registered_model} v{mv.version} (run {mv.run_id}) has no "
+            "loopline.features_version tag, so its training data is unknown",
+            hint="retrain with `loopline run train`, which records the features table version it read",
+        )
+    try:
+        version = int(tag)
+    except ValueError:
+        raise MonitoringError(f"run {mv.run_id}: loopline.features_version must be an integer, got {tag!r}") from None
+    baselines = {k[len("test_") :]: float(v) for k, v in run.data.metrics.items() if k.startswith("test_")}
+    return Champion(project.registered_model, str(mv.version), str(mv.run_id), version, baselines)
+
+
+def _predict(model: Any, batch: pa.RecordBatch, task: str) -> pa.RecordBatch:
+    out = model.predict(batch.to_pandas())
+    values = np.asarray(getattr(out, "values", out)).reshape(len(batch), -1)[:, 0]
+    arr = pa.array(values.astype(np.float64)) if task == "regression" else pa.array([str(v) for v in values])
+    return pa.RecordBatch.from_arrays([arr], names=["prediction"])
+
+
+# ----------------------------------------------------------------------------- current window
+def _current_batches(
+    project: Project, store: DeltaStore, inputs: list[str], start: datetime, end: datetime
+) -> Iterator[pa.RecordBatch]:
+    """Inputs (and ``prediction``) of the window, streamed from the configured sources."""
+    src = project.config.monitoring.source
+    if src in ("inference_log", "both") and store.exists("inference_log"):
+        dataset = store.dataset("inference_log")
+        names = dataset.schema.names
+        flt = _window_filter(dataset, "timestamp", start, end)
+        if "status" in names:
+            flt = flt & (ds.field("status") < 400)
+        cols = [c for c in inputs if c in names] + (["prediction"] if "prediction" in names else [])
+        yield from dataset.scanner(columns=cols, filter=flt).to_batches()
+    if src in ("batch", "both") and store.exists("predictions"):
+        preds = store.dataset("predictions")
+        flt = _window_filter(preds, "scored_at", start, end)
+        has_ids = "_batch_id" in preds.schema.names
+        ids: set[str] = set()
+        for b in preds.scanner(
+            columns=["prediction", "_batch_id"] if has_ids else ["prediction"], filter=flt
+        ).to_batches():
+            if has_ids:
+                ids.update(x for x in b.column(1).to_pylist() if x is not None)
+            yield b.select(["prediction"])
+        if ids and store.exists("features"):
+            feats = store.dataset("features")
+            if "_batch_id" in feats.schema.names:
+                cols = [c for c in inputs if c in feats.schema.names]
+                flt2 = ds.field("_batch_id").isin(sorted(ids))
+                yield from feats.scanner(columns=cols, filter=flt2).to_batches()
+
+
+# ----------------------------------------------------------------------------- the stage
+def monitor(
+    project: Project,
+    window: timedelta | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    now: datetime | None = None,
+    write: bool = True,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+) -> MonitorResult:
+    """Run one monitoring check; see the module docstring."""
+    cfg = project.config
+    mon = cfg.monitoring
+    checked_at = _utc(now or datetime.now(UTC))
+    start, end = resolve_window(mon.window, window, since, until, now=checked_at)
+
+    import mlflow.pyfunc
+
+    from loopline.monitoring.report import write_reports
+    from loopline.tables import DeltaStore
+
+    champ = champion_info(project)
+    store = DeltaStore(project.storage_root, project.storage_options)
+    if not store.exists("features"):
+        raise MonitoringError(
+            "the features table does not exist, so there is no reference data",
+            hint="run `loopline run ingest` and `loopline run train` first",
+        )
+    ref_schema = store.dataset("features", version=champ.features_version).schema
+    inputs = cfg.model.input_columns(ref_schema.names)
+    kinds, skipped = infer_kinds(ref_schema, inputs)
+    if mon.source != "batch":
+        for name in cfg.serving.log.redact:
+            if kinds.pop(name, None) is not None:
+                skipped[name] = "redacted in the inference log (serving.log.redact)"
+    for name in mon.columns:
+        if name not in kinds and name != "prediction":
+            raise MonitoringError(
+                f"monitoring.columns.{name}: {name!r} is not a monitored model input column",
+                hint=f"monitored columns: {', '.join(kinds) or '(none)'}, prediction",
+            )
+    pred_kind: dict[str, Kind] = {"prediction": "numeric" if cfg.model.task == "regression" else "categorical"}
+
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{champ.name}/{champ.version}")
+    except Exception as exc:
+        raise MonitoringError(f"cannot load champion {champ.name} v{champ.version}: {exc}") from exc
+
+    ref_feat = Profiler(kinds, sample_size=sample_size, seed=0)
+    ref_pred = Profiler(pred_kind, sample_size=sample_size, seed=0)
+    model_inputs = [c for c in inputs if c in ref_schema.names]
+    for batch in store.scan("features", version=champ.features_version, columns=model_inputs):
+        if batch.num_rows == 0:
+            continue
+        ref_feat.update(batch)
+        try:
+            ref_pred.update(_predict(model, batch, cfg.model.task))
+        except Exception as exc:
+            raise MonitoringError(f"champion v{champ.version} failed to score the reference rows: {exc}") from exc
+    ref_p = ref_feat.result()
+    ref_pp = ref_pred.result()
+
+    cur_feat = Profiler(kinds, edges=ref_p.edges(), sample_size=sample_size, seed=1)
+    cur_pred = Profiler(pred_kind, edges=ref_pp.edges(), sample_size=sample_size, seed=1)
+    for batch in _current_batches(project, store, model_inputs, start, end):
+        names = batch.schema.names
+        if any(c in names for c in kinds):
+            cur_feat.update(batch)
+        if "prediction" in names:
+            cur_pred.update(batch.select(["prediction"]))
+    drift = compare(ref_p, cur_feat.result(), mon, skipped=skipped)
+    pcol = mon.columns.get("prediction")
+    cur_pp = cur_pred.result()
+    pred_drift = compare_column(
+        "prediction",
+        pred_kind["prediction"],
+        ref_pp.sketches["prediction"],
+        cur_pp.sketches["prediction"],
+        small_sample=mon.small_sample,
+        method=pcol.method if pcol else "auto",
+        threshold=pcol.threshold if pcol else None,
+    )
+    perf = evaluate_performance(project, store, start, end, champ.baselines)
+    rng = check_range(project, store, start, end)
+
+    breaches = [
+        kind
+        for kind, verdict in (
+            ("dataset_drift", drift.verdict),
+            ("prediction_drift", pred_drift.verdict),
+            ("performance", perf.verdict),
+            ("range", rng.verdict if rng else "ok"),
+        )
+        if verdict == "breach"
+    ]
+    n_inputs, n_preds = cur_feat.rows, cur_pred.rows
+    if breaches:
+        verdict: Verdict = "breach"
+        message = "breach: " + ", ".join(_describe(k, drift, pred_drift, perf, rng) for k in breaches)
+    elif n_inputs == 0 and n_preds == 0:
+        verdict = "no_data"
+        message = f"no data in window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC (source: {mon.source})"
+    else:
+        verdict = "ok"
+        message = (
+            f"within thresholds: {len(drift.drifted)} of {len(drift.features)} features drifted"
+            f" ({n_inputs} input rows, {n_preds} predictions)"
+        )
+    result = MonitorResult(
+        checked_at=checked_at,
+        window_start=start,
+        window_end=end,
+        model_name=champ.name,
+        model_version=champ.version,
+        run_id=champ.run_id,
+        features_version=champ.features_version,
+        verdict=verdict,
+        message=message,
+        breaches=breaches,
+        drift=drift,
+        prediction_drift=pred_drift,
+        performance=perf,
+        range=rng,
+        rows=_rows(checked_at, start, end, champ.version, drift, pred_drift, perf, rng),
+    )
+    if write:
+        result.table_version = store.append(TABLE, result.rows, stage="monitor", verdict=verdict)
+        result.report_html, result.report_json = write_reports(project, result, store)
+    return result
+
+
+def _describe(
+    kind: str, drift: DriftReport, pred: FeatureDrift, perf: PerformanceResult, rng: RangeResult | None
+) -> str:
+    if kind == "dataset_drift":
+        return f"dataset drift ({len(drift.drifted)}/{len(drift.features)} features: {', '.join(drift.drifted)})"
+    if kind == "prediction_drift":
+        return f"prediction drift ({pred.detail})"
+    if kind == "performance":
+        return f"performance ({perf.message})"
+    assert rng is not None
+    return f"range ({rng.message})"
+
+
+def _rows(
+    checked_at: datetime,
+    start: datetime,
+    end: datetime,
+    version: str,
+    drift: DriftReport,
+    pred: FeatureDrift,
+    perf: PerformanceResult,
+    rng: RangeResult | None,
+) -> pa.Table:
+    rows: list[dict[str, Any]] = []
+
+    def add(
+        kind: str,
+        feature: str,
+        statistic: str,
+        value: float | None,
+        threshold: float | None,
+        verdict: str,
+        n_ref: int,
+        n_cur: int,
+        slice_: str | None = None,
+    ) -> None:
+        rows.append(
+            {
+                "checked_at": checked_at,
+                "window_start": start,
+                "window_end": end,
+                "model_version": version,
+                "kind": kind,
+                "feature": feature,
+                "slice": slice_,
+                "statistic": statistic,
+                "value": _f(value),
+                "threshold": _f(threshold),
+                "verdict": verdict,
+                "n_reference": n_ref,
+                "n_current": n_cur,
+            }
+        )
+
+    for f in drift.features:
+        add("drift", f.feature, f.statistic, f.value, f.threshold, f.verdict, f.n_reference, f.n_current)
+    add(
+        "dataset_drift",
+        "*",
+        "drift_share",
+        drift.share,
+        drift.drift_share,
+        drift.verdict,
+        drift.n_reference,
+        drift.n_current,
+    )
+    add(
+        "prediction_drift",
+        "prediction",
+        pred.statistic,
+        pred.value,
+        pred.threshold,
+        pred.verdict,
+        pred.n_reference,
+        pred.n_current,
+    )
+    if perf.checks:
+        for c in perf.checks:
+            add("performance", c.metric, c.metric, c.value, c.threshold, c.verdict, 0, c.n, c.slice)
+    else:
+        add("performance", perf.metric, perf.metric, None, None, perf.verdict, 0, 0)
+    if rng is not None:
+        add("range", "prediction", "out_of_range_share", rng.share, rng.threshold, rng.verdict, 0, rng.n)
+    return pa.Table.from_pylist(rows, schema=MONITORING_SCHEMA)
+
+
+def _f(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+# ----------------------------------------------------------------------------- readers for others
+def latest_verdicts(project: Project) -> dict[str, Any]:
+    """The rows of the most recent check, for Prometheus gauges and `loopline status`.
+
+    ``{"checked_at": iso | None, "model_version": str | None, "verdict": "ok" | "breach" | "no_data" | None,
+    "kinds": {kind: verdict}, "rows": [{kind, feature, slice, statistic, value, threshold, verdict}]}``;
+    ``kinds`` holds the check-level verdicts (``dataset_drift``, ``prediction_drift``, ``performance``,
+    ``range``) where the watched performance metric decides ``performance``.
+    """
+    from loopline.tables import DeltaStore
+
+    empty: dict[str, Any] = {"checked_at": None, "model_version": None, "verdict": None, "kinds": {}, "rows": []}
+    store = DeltaStore(project.storage_root, project.storage_options)
+    if not store.exists(TABLE):
+        return empty
+    dataset = store.dataset(TABLE)
+    times = dataset.to_table(columns=["checked_at"]).column(0)
+    if len(times) == 0:
+        return empty
+    import pyarrow.compute as pc
+
+    last = pc.max(times)
+    table = dataset.to_table(filter=ds.field("checked_at") == last)
+    rows = table.select(["kind", "feature", "slice", "statistic", "value", "threshold", "verdict"]).to_pylist()
+    from loopline.monitoring.performance import PRIMARY
+
+    metric = project.config.monitoring.performance.metric or PRIMARY[project.config.model.task]
+    kinds: dict[str, str] = {}
+    for r in rows:
+        k = r["kind"]
+        top = k in ("dataset_drift", "prediction_drift", "range")
+        if top or (k == "performance" and r["slice"] is None and r["feature"] == metric):
+            kinds[k] = r["verdict"]
+    verdict = "breach" if "breach" in kinds.values() else "ok" if "ok" in kinds.values() else "no_data"
+    versions = table.column("model_version").to_pylist()
+    return {
+        "checked_at": last.as_py().isoformat(),
+        "model_version": versions[0] if versions else None,
+        "verdict": verdict,
+        "kinds": kinds,
+        "rows": rows,
+    }
+
+
+def monitor_job(
+    project: Project,
+    window: str | timedelta | None = None,
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+) -> MonitorResult:
+    """The `monitor` job (``loopline run monitor`` and the scheduler)."""
+    from loopline.config import parse_duration
+
+    def when(x: datetime | str | None) -> datetime | None:
+        return datetime.fromisoformat(x) if isinstance(x, str) else x
+
+    try:
+        length = parse_duration(window) if window is not None else None
+    except ValueError:
+        raise MonitoringError(f"window must be a duration like 7d, 12h or 30m; got {window!r}") from None
+    return monitor(project, length, when(since), when(until))
