@@ -193,6 +193,27 @@ class DeltaStore:
             raise TableError(f"merge into {name!r} on {list(keys)} failed: {exc}") from exc
         return self.version(name)
 
+    def update_matching(self, name: str, data: ArrowData, keys: Sequence[str], columns: Sequence[str]) -> int:
+        """Set ``columns`` from ``data`` on the rows matching by ``keys`` (no inserts); one commit.
+
+        Returns the number of rows updated.
+        """
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        try:
+            metrics = (
+                self.table(name)
+                .merge(data, predicate=on, source_alias="s", target_alias="t")
+                .when_matched_update({c: f"s.{c}" for c in columns})
+                .execute()
+            )
+        except TableError:
+            raise
+        except Exception as exc:
+            raise TableError(f"update of {list(columns)} in {name!r} by {list(keys)} failed: {exc}") from exc
+        return int(metrics.get("num_target_rows_updated", 0) or 0)
+
     def delete(self, name: str, predicate: str) -> int:
         """Delete rows matching ``predicate``; returns the number deleted."""
         try:
