@@ -1,0 +1,544 @@
+"""Training: features at a pinned Delta version -> split -> fit (built-in estimator or hook, optional
+optuna search) -> one MLflow run -> a registered model version -> the champion/challenger gate.
+
+The run records the estimator params, ``valid_<m>``/``test_<m>`` metrics, the features table as a
+dataset input (``DeltaDatasetSource`` with the exact version), git commit + dirty flag, a hash of
+the resolved config, the loopline version and the duration (tags per docs/contracts.md). The model is
+logged with a signature, an input example and explicit pip requirements (MLflow's inference costs
+~13 s per model), serialized with skops (trusting only the types of the model just fitted here).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import inspect
+import json
+import re
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loopline.errors import ConfigError, HookError, TrainingError
+from loopline.evaluation import (
+    GateResult,
+    compute_metrics,
+    gate,
+    lower_is_better,
+    metric_names,
+    small_input_threads,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import pandas as pd
+
+    from loopline.config import Project, SplitConfig
+
+FEATURES = "features"
+
+
+@dataclass
+class TrainResult:
+    """What one training job produced (rendered the same in the CLI and as JSON)."""
+
+    run_id: str
+    model: str
+    version: str
+    model_uri: str
+    features_uri: str
+    features_version: int
+    n_train: int
+    n_valid: int
+    n_test: int
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    duration_s: float
+    gate: GateResult
+    trials: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["gate"] = self.gate.to_dict()
+        return d
+
+
+@dataclass
+class Prepared:
+    """The features at one version, split, with the model's input columns."""
+
+    features_uri: str
+    features_version: int
+    input_columns: list[str]
+    target: str
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+
+
+# ----------------------------------------------------------------------------- data
+def read_features(project: Project, data_version: int | None = None) -> tuple[pd.DataFrame, int, str]:
+    """The whole features table at ``data_version`` (latest by default) as pandas, its version and URI."""
+    from loopline.tables import DeltaStore
+
+    store = DeltaStore(project.storage_root, project.storage_options)
+    version = store.version(FEATURES) if data_version is None else int(data_version)
+    df = store.read(FEATURES, version=version).to_pandas()
+    return df, version, store.uri(FEATURES)
+
+
+def split_frame(df: pd.DataFrame, split: SplitConfig, time_column: str | None, file: str) -> tuple[
+    pd.DataFrame, pd.DataFrame, pd.DataFrame
+]:
+    """Train / validation / test: the latest rows are the test set (time), or a seeded permutation (random)."""
+    import numpy as np
+
+    n = len(df)
+    n_test = max(1, round(n * split.test))
+    n_valid = max(1, round(n * split.valid))
+    if n - n_test - n_valid < 1:
+        raise TrainingError(
+            f"the features table has {n} row(s); a train/validation/test split needs at least 3",
+            hint="ingest more data or lower training.split.valid / training.split.test",
+        )
+    if split.method == "time":
+        col = split.column or time_column
+        if col is None:
+            raise ConfigError(
+                f"{file}: training.split.method is time, but neither training.split.column nor model.time_column "
+                "is set",
+                hint="set model.time_column (or training.split.column), or use training.split.method: random",
+            )
+        if col not in df.columns:
+            raise TrainingError(f"the time split column {col!r} is not in the features table",
+                                hint=f"its columns: {', '.join(map(str, df.columns))}")
+        ordered = df.sort_values(col, kind="stable").reset_index(drop=True)
+    else:
+        ordered = df.iloc[np.random.default_rng(split.seed).permutation(n)].reset_index(drop=True)
+    n_train = n - n_valid - n_test
+    return ordered.iloc[:n_train], ordered.iloc[n_train : n_train + n_valid], ordered.iloc[n_train + n_valid :]
+
+
+def prepare(project: Project, data_version: int | None = None) -> Prepared:
+    """Read the features at a pinned version, check the columns and split them."""
+    cfg = project.config
+    df, version, uri = read_features(project, data_version)
+    if df.empty:
+        raise TrainingError(f"the features table at version {version} is empty ({uri})",
+                            hint="run `loopline run ingest` first")
+    target = cfg.model.target
+    if target not in df.columns:
+        raise TrainingError(f"the features table (version {version}) has no target column {target!r} (model.target)",
+                            hint=f"its columns: {', '.join(map(str, df.columns))}")
+    cols = cfg.model.input_columns([str(c) for c in df.columns])
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise TrainingError(
+            f"the features table (version {version}) has no model input column(s) {missing} (model.features)",
+            hint=f"its columns: {', '.join(map(str, df.columns))}",
+        )
+    if not cols:
+        raise TrainingError(f"the features table (version {version}) has no model input columns",
+                            hint="set model.features, or add feature columns to the features hook output")
+    train, valid, test = split_frame(df, cfg.training.split, cfg.model.time_column, project.config_path.name)
+    return Prepared(uri, version, cols, target, train, valid, test)
+
+
+def test_rows(project: Project, data_version: int | None = None) -> tuple[pd.DataFrame, int]:
+    """The held-out test rows of a features version under the project's split config (for the gate)."""
+    p = prepare(project, data_version)
+    return p.test, p.features_version
+
+
+# ----------------------------------------------------------------------------- estimators
+def resolve_estimator(path: str, file: str) -> type:
+    module_name, _, cls_name = path.replace(":", ".").rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+        cls = getattr(module, cls_name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(
+            f"{file}: training.estimator {path!r} cannot be imported ({exc})",
+            hint="give a class path like sklearn.ensemble.HistGradientBoostingRegressor or lightgbm.LGBMRegressor",
+        ) from None
+    if not isinstance(cls, type) or not hasattr(cls, "fit"):
+        raise ConfigError(f"{file}: training.estimator {path!r} is not an estimator class (no fit method)")
+    return cls
+
+
+def validate_params(cls: type, params: dict[str, Any], file: str, key: str = "training.params") -> None:
+    """Check params against the estimator's signature and scikit-learn's ``_parameter_constraints``."""
+    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    names = [p for p in sig.parameters if p != "self"]
+    problems: list[str] = []
+    if not accepts_any:
+        problems += [f"{file}: {key}.{k} is not a parameter of {cls.__name__}" for k in params if k not in names]
+    constraints = getattr(cls, "_parameter_constraints", None)
+    if isinstance(constraints, dict):
+        from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
+
+        for k, v in params.items():
+            if k not in constraints:
+                continue
+            try:
+                validate_parameter_constraints({k: constraints[k]}, {k: v}, caller_name=cls.__name__)
+            except InvalidParameterError as exc:
+                m = re.search(r"must be (.*)\. Got (.*) instead\.", str(exc), re.S)
+                what, got = (m.group(1), m.group(2)) if m else (str(exc), repr(v))
+                problems.append(f"{file}: {key}.{k} must be {what}, got {got}")
+    if problems:
+        raise ConfigError("\n".join(problems), hint=f"parameters of {cls.__name__}: {', '.join(names)}")
+
+
+class _Trainer:
+    """Fits either a built-in estimator class or the user's ``module:train`` hook."""
+
+    def __init__(self, project: Project) -> None:
+        tc = project.config.training
+        self.file = project.config_path.name
+        self.cls: type | None = None
+        self.hook = None
+        self.name: str
+        if tc.hook:
+            from loopline.hooks import load_hook
+
+            self.hook = load_hook(tc.hook, "training.hook", project.root)
+            self.name = tc.hook
+        else:
+            from loopline.config import estimator_path
+
+            path = estimator_path(project.config)
+            assert path is not None
+            self.cls = resolve_estimator(path, self.file)
+            self.name = path
+
+    def validate(self, params: dict[str, Any], key: str = "training.params") -> None:
+        if self.cls is not None:
+            validate_params(self.cls, params, self.file, key)
+
+    def fit(self, p: Prepared, params: dict[str, Any]) -> Any:
+        if self.cls is not None:
+            est = self.cls(**params)
+            try:
+                est.fit(p.train[p.input_columns], p.train[p.target])
+            except Exception as exc:
+                raise TrainingError(f"{self.name}.fit raised {type(exc).__name__}: {exc}") from exc
+            return est
+        assert self.hook is not None
+        try:
+            model = self.hook(p.train.copy(), p.valid.copy(), dict(params))
+        except Exception as exc:
+            raise HookError(f"training.hook {self.name} raised {type(exc).__name__}: {exc}") from exc
+        if model is None or not hasattr(model, "predict"):
+            raise HookError(f"training.hook {self.name} returned {type(model).__name__}, not a model with predict()",
+                            hint="return a fitted model object (scikit-learn-like, with a predict method)")
+        return model
+
+
+def _evaluate(project: Project, model: Any, df: pd.DataFrame, p: Prepared, names: list[str]) -> dict[str, float]:
+    X, y = df[p.input_columns], df[p.target]
+    with small_input_threads(len(X)):
+        pred = model.predict(X)
+        proba = classes = None
+        if project.config.model.task == "classification" and hasattr(model, "predict_proba"):
+            try:
+                proba, classes = model.predict_proba(X), getattr(model, "classes_", None)
+            except Exception:
+                proba = None
+    return compute_metrics(project.config.model.task, names, y, pred, proba, classes)
+
+
+# ----------------------------------------------------------------------------- search
+def _search(project: Project, trainer: _Trainer, p: Prepared, base: dict[str, Any], names: list[str]) -> tuple[
+    dict[str, Any], int
+]:
+    """Optuna search on the validation metric; every trial a nested MLflow run. Returns the best params."""
+    import math
+
+    import mlflow
+    import optuna
+
+    sc = project.config.training.search
+    assert sc is not None
+    trainer.validate({k: v for k, v in base.items() if k not in sc.space})
+    metric = names[0]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=project.config.training.split.seed)
+    study = optuna.create_study(direction="minimize" if lower_is_better(metric) else "maximize", sampler=sampler)
+
+    errors: list[str] = []
+    active = mlflow.active_run()
+    exp = active.info.experiment_id if active is not None else None
+
+    def objective(trial: optuna.Trial) -> float:
+        params = dict(base)
+        for k, dim in sc.space.items():
+            if dim.type == "int":
+                params[k] = trial.suggest_int(k, int(dim.low or 0), int(dim.high or 0), log=dim.log)
+            elif dim.type == "float":
+                params[k] = trial.suggest_float(k, float(dim.low or 0), float(dim.high or 0), log=dim.log)
+            else:
+                params[k] = trial.suggest_categorical(k, list(dim.choices or []))
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=exp):
+            mlflow.log_params(params)
+            try:
+                trainer.validate(params, "training.search.space")
+                model = trainer.fit(p, params)
+                valid = _evaluate(project, model, p.valid, p, names)
+                value = valid.get(metric, float("nan"))
+                if math.isnan(value):
+                    raise TrainingError(f"valid_{metric} is NaN")
+            except Exception as exc:
+                errors.append(f"trial {trial.number}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                mlflow.set_tag("loopline.trial_error", errors[-1][:5000])
+                raise
+            mlflow.log_metrics({f"valid_{m}": v for m, v in valid.items() if not math.isnan(v)})
+        return value
+
+    timeout = sc.timeout.total_seconds() if sc.timeout else None
+    study.optimize(objective, n_trials=sc.n_trials, timeout=timeout, catch=(Exception,))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise TrainingError(f"every one of {len(study.trials)} search trials failed: {'; '.join(errors[:3])}",
+                            hint="check training.search.space bounds against the estimator's parameters")
+    return {**base, **study.best_params}, len(study.trials)
+
+
+# ----------------------------------------------------------------------------- provenance
+def git_info(root: Path) -> tuple[str, str]:
+    """(commit, dirty) of the project folder; ("unknown", "unknown") outside git or without git."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown", "unknown"
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", ".", ":(exclude).loopline"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", "unknown"
+    dirty = "unknown" if status.returncode != 0 else ("true" if status.stdout.strip() else "false")
+    return head.stdout.strip(), dirty
+
+
+def config_hash(project: Project) -> str:
+    data = {"env": project.env, "config": project.config.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_DISTS: Mapping[str, list[str]] | None = None
+
+
+def pip_requirements(model: Any, serialization: str, extra: list[str]) -> list[str]:
+    """Pinned requirements of the packages the model's classes come from, plus what loading needs."""
+    global _DISTS
+    from importlib.metadata import packages_distributions
+
+    if _DISTS is None:
+        _DISTS = packages_distributions()
+    dists = _DISTS
+    modules = {"mlflow", "sklearn", "numpy", "pandas", "skops" if serialization == "skops" else "cloudpickle"}
+    modules |= {c.__module__.split(".")[0] for c in type(model).__mro__}
+    for attr in ("steps", "estimators_"):  # pipelines / ensembles of other libraries
+        for part in getattr(model, attr, None) or []:
+            obj = part[-1] if isinstance(part, tuple) else part
+            modules.add(type(obj).__module__.split(".")[0])
+    reqs: dict[str, str] = {}
+    for mod in sorted(modules):
+        for dist in dists.get(mod, []):
+            pinned = _pinned(dist)
+            if pinned:
+                reqs.setdefault(dist.lower(), pinned)
+    for r in extra:
+        name = re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower()
+        reqs[name] = r
+    return sorted(reqs.values())
+
+
+@functools.lru_cache(maxsize=256)
+def _pinned(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{dist}=={version(dist)}"
+    except PackageNotFoundError:
+        return None
+
+
+def _dataset(df: pd.DataFrame, uri: str, version: int, target: str) -> Any:
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.pandas_dataset import from_pandas
+
+    class _Source(DeltaDatasetSource):
+        """DeltaDatasetSource that keeps version 0 (MLflow's to_dict drops a falsy version)."""
+
+        def to_dict(self) -> dict[Any, Any]:
+            d = super().to_dict()
+            d["delta_table_version"] = self.delta_table_version
+            return d
+
+    source = _Source(path=uri, delta_table_version=version)
+    dataset = from_pandas(df, source=source, name=FEATURES, targets=target)
+    # MLflow infers the dataset schema value by value (~1 s per 20k rows x 20 columns); the columns are
+    # typed by Delta, so a sample gives the same schema. Pre-fill the cached property.
+    try:
+        from mlflow.models import infer_signature
+
+        dataset.__dict__["schema"] = infer_signature(df.head(100)).inputs
+    except Exception:
+        pass
+    return dataset
+
+
+# ----------------------------------------------------------------------------- log, register, gate
+def _log_model(project: Project, model: Any, X_example: pd.DataFrame) -> Any:
+    import mlflow
+    from mlflow.models import infer_signature
+    try:
+        with small_input_threads(len(X_example)):
+            preds = model.predict(X_example)
+    except Exception:
+        preds = None
+    signature = infer_signature(X_example, preds) if preds is not None else infer_signature(X_example)
+    serialization, trusted = "skops", None
+    try:
+        import skops.io as sio
+
+        trusted = sio.get_untrusted_types(data=sio.dumps(model))
+    except Exception:  # objects skops cannot represent: cloudpickle (the model is loopline's own artifact)
+        serialization = "cloudpickle"
+    reqs = pip_requirements(model, serialization, project.config.training.pip_requirements)
+    try:
+        return mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=X_example,
+            pip_requirements=reqs,
+            serialization_format=serialization,
+            skops_trusted_types=trusted or None,
+            registered_model_name=project.registered_model,
+        )
+    except Exception as exc:
+        raise TrainingError(f"logging the model to MLflow failed: {type(exc).__name__}: {exc}") from exc
+
+
+def publish(
+    project: Project,
+    model: Any,
+    p: Prepared,
+    params: dict[str, Any],
+    *,
+    names: list[str] | None = None,
+    started: float | None = None,
+) -> tuple[str, str, dict[str, float], GateResult, list[str]]:
+    """Inside the active MLflow run: metrics, tags, dataset, model, registered version, gate.
+
+    Returns (model_uri, version, metrics, gate result, notes).
+    """
+    import math
+    import warnings
+
+    import mlflow
+
+    import loopline
+    from loopline.config import estimator_path
+
+    duration = time.perf_counter() - started if started is not None else 0.0  # read + search + fit
+    names = names or metric_names(project)
+    notes: list[str] = []
+    metrics: dict[str, float] = {}
+    try:
+        metrics |= {f"valid_{m}": v for m, v in _evaluate(project, model, p.valid, p, names).items()}
+    except Exception as exc:
+        notes.append(f"valid metrics not computed: the model raised {type(exc).__name__}: {exc}")
+    commit, dirty = git_info(project.root)
+    tc = project.config.training
+    mlflow.set_tags({
+        "loopline.features_uri": p.features_uri,
+        "loopline.features_version": str(p.features_version),
+        "loopline.git_commit": commit,
+        "loopline.git_dirty": dirty,
+        "loopline.config_hash": config_hash(project),
+        "loopline.version": loopline.__version__,
+        "loopline.env": project.env,
+        "loopline.split": tc.split.model_dump_json(),
+        "loopline.trainer": tc.hook or estimator_path(project.config) or "",
+        **({"loopline.train_notes": json.dumps(notes)[:5000]} if notes else {}),
+    })
+    if params:
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in params.items()})
+    frame = _concat(p)
+    with warnings.catch_warnings():  # MLflow's integer-column hint is about model signatures, not datasets
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.log_input(_dataset(frame, p.features_uri, p.features_version, p.target), context="training")
+    info = _log_model(project, model, p.test[p.input_columns].head(5))
+    version = str(info.registered_model_version)
+    result = gate(project, version, p.test, metrics=names)
+    if result.candidate_metrics:  # the registered model scored on the test rows: the test metrics
+        metrics |= {f"test_{m}": v for m, v in result.candidate_metrics.items()}
+    else:
+        try:
+            metrics |= {f"test_{m}": v for m, v in _evaluate(project, model, p.test, p, names).items()}
+        except Exception as exc:
+            notes.append(f"test metrics not computed: the model raised {type(exc).__name__}: {exc}")
+        if notes:
+            mlflow.set_tag("loopline.train_notes", json.dumps(notes)[:5000])
+    mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)} | {"training_duration_s": duration})
+    return f"models:/{project.registered_model}/{version}", version, metrics, result, notes
+
+
+def _concat(p: Prepared) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.concat([p.train, p.valid, p.test], ignore_index=True)
+
+
+def train(
+    project: Project, data_version: int | None = None, params_override: dict[str, Any] | None = None
+) -> TrainResult:
+    """Train on the features table at ``data_version`` (latest by default), register, and gate."""
+    import mlflow
+
+    from loopline import tracking
+
+    started = time.perf_counter()
+    tc = project.config.training
+    params = {**tc.params, **(params_override or {})}
+    trainer = _Trainer(project)
+    if tc.search is None:
+        trainer.validate(params)
+    names = metric_names(project)
+    p = prepare(project, data_version)
+    exp = tracking.experiment_id(project)
+    with mlflow.start_run(experiment_id=exp, run_name=f"train-{project.env}-v{p.features_version}") as run:
+        trials = 0
+        if tc.search is not None:
+            params, trials = _search(project, trainer, p, params, names)
+            mlflow.set_tag("loopline.search_trials", str(trials))
+        model = trainer.fit(p, params)
+        uri, version, metrics, result, notes = publish(project, model, p, params, names=names, started=started)
+        run_id = run.info.run_id
+    return TrainResult(
+        run_id=run_id,
+        model=project.registered_model,
+        version=version,
+        model_uri=uri,
+        features_uri=p.features_uri,
+        features_version=p.features_version,
+        n_train=len(p.train),
+        n_valid=len(p.valid),
+        n_test=len(p.test),
+        params=params,
+        metrics=metrics,
+        duration_s=round(time.perf_counter() - started, 3),
+        gate=result,
+        trials=trials,
+        notes=notes,
+    )

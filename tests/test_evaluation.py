@@ -1,0 +1,136 @@
+"""The champion/challenger gate: broken candidates, range checks, thresholds, improvement rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from _lifecycle import BROKEN_HOOKS, make_project, one_thread  # noqa: F401  (fixture, used by pytestmark)
+from loopline import registry, tracking
+from loopline.errors import ConfigError
+from loopline.evaluation import GateResult, compute_metrics, lower_is_better
+from loopline.training import train
+
+HOOK = {"training": {"estimator": None, "hook": "lifehooks:train_raises"}}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize(
+    ("hook", "reason"),
+    [
+        ("lifehooks:train_raises", "candidate_scores: the candidate raises on predict (RuntimeError: boom: this model "
+                                   "is broken)"),
+        ("lifehooks:train_wrong_shape", "candidate_scores: the candidate returns the wrong output shape: expected "
+                                        "(80,), got (80, 2)"),
+    ],
+)
+def test_broken_candidate_fails_the_gate_with_the_reason(tmp_path: Path, hook: str, reason: str) -> None:
+    p = make_project(tmp_path, {"training": {"estimator": None, "hook": hook}},
+                     extra_files={"lifehooks.py": BROKEN_HOOKS})
+    r = train(p)  # never crashes
+    assert not r.gate.passed and r.gate.failed_rules == [reason]
+    c = tracking.client(p)
+    mv = c.get_model_version("dev.demo", r.version)
+    assert mv.tags["loopline.gate.verdict"] == "failed"
+    assert json.loads(mv.tags["loopline.gate.failed_rules"]) == [reason]
+    assert tracking.alias_version(p, "challenger") is None
+    assert c.get_run(r.run_id).data.tags["loopline.gate.verdict"] == "failed"
+
+
+def test_candidate_that_fails_to_load(tmp_path: Path) -> None:
+    import shutil
+
+    import mlflow
+
+    p = make_project(tmp_path)
+    r = train(p)
+    local = mlflow.artifacts.download_artifacts(f"models:/dev.demo/{r.version}")
+    assert local  # the registered artifacts live under the project's artifact root: break them
+    root = Path(p.artifact_root.removeprefix("file://"))
+    for f in root.rglob("model.skops"):
+        f.write_bytes(b"not a model")
+    shutil.rmtree(local, ignore_errors=True)
+    from loopline.evaluation import gate
+    from loopline.training import test_rows
+
+    result = gate(p, r.version, test_rows(p)[0])
+    assert not result.passed and result.failed_rules[0].startswith("candidate_scores: the candidate fails to load (")
+
+
+def test_prediction_range_thresholds_and_champion_metrics(tmp_path: Path) -> None:
+    p = make_project(tmp_path, {"gate": {"prediction_range": [0.0, 5.0], "thresholds": {"mae": {"max": 0.01},
+                                                                                      "r2": {"min": 0.5}}}})
+    r = train(p)
+    rules = r.gate.failed_rules
+    assert rules[0].startswith("prediction_range: ") and "test predictions outside [0, 5] (min " in rules[0]
+    assert rules[1].startswith("threshold.mae: mae ") and rules[1].endswith("> max 0.01")
+    assert len(rules) == 2  # r2 passes
+    assert r.gate.rules_checked == ["candidate_scores", "predictions_finite", "prediction_range", "threshold.mae",
+                                    "threshold.r2"]
+
+
+def test_improvement_over_champion_recorded_on_both(tmp_path: Path) -> None:
+    p = make_project(tmp_path, {"gate": {"min_improvement": {"mae": {"absolute": 0.05}, "r2": {"relative": 0.0}}}})
+    first = train(p)
+    registry.promote(p)
+    better = train(p, params_override={"max_iter": 60})
+    assert better.gate.passed and better.gate.champion_version == first.version
+    assert better.gate.champion_metrics["mae"] == pytest.approx(first.gate.candidate_metrics["mae"])
+    mv = tracking.client(p).get_model_version("dev.demo", better.version)
+    assert mv.tags["loopline.gate.champion_version"] == "1"
+    assert float(mv.tags["loopline.gate.champion.mae"]) == pytest.approx(first.gate.candidate_metrics["mae"])
+    assert str(tracking.alias_version(p, "challenger").version) == better.version  # type: ignore[union-attr]
+    worse = train(p, params_override={"max_iter": 2})
+    assert [r.split(":")[0] for r in worse.gate.failed_rules] == ["min_improvement.mae", "min_improvement.r2"]
+    assert "must be lower by at least 0.05" in worse.gate.failed_rules[0]
+    assert str(tracking.alias_version(p, "champion").version) == "1"  # type: ignore[union-attr]
+
+
+def test_unknown_gate_metric_is_a_config_error(tmp_path: Path) -> None:
+    p = make_project(tmp_path, {"gate": {"min_improvement": {"accuracy": {"absolute": 0.1}}}})
+    with pytest.raises(ConfigError, match=r"loopline.yaml: gate.min_improvement.accuracy is not a known regression "
+                                          r"metric"):
+        train(p)
+
+
+def test_metrics_and_direction() -> None:
+    m = compute_metrics("regression", ["mae", "rmse", "mse", "r2"], [1.0, 2.0, 3.0], [1.0, 2.0, 5.0])
+    assert m["mae"] == pytest.approx(2 / 3) and m["mse"] == pytest.approx(4 / 3)
+    assert m["rmse"] == pytest.approx((4 / 3) ** 0.5)
+    c = compute_metrics("classification", ["accuracy", "f1", "log_loss", "roc_auc"], [0, 1, 1, 0], [0, 1, 0, 0],
+                        proba=__import__("numpy").array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]),
+                        classes=[0, 1])
+    assert c["accuracy"] == 0.75 and c["roc_auc"] == 1.0 and "log_loss" in c
+    assert lower_is_better("mae") and lower_is_better("log_loss") and not lower_is_better("r2")
+
+
+def test_gate_result_renders_as_json() -> None:
+    g = GateResult(model="m", candidate_version="2", champion_version="1", passed=False, n_test=3,
+                   candidate_metrics={"mae": 1.5}, champion_metrics={"mae": 1.0}, failed_rules=["x"])
+    d = json.loads(json.dumps(g.to_dict()))
+    assert d["verdict"] == "failed" and d["failed_rules"] == ["x"]
+    assert g.rows() == [("mae", "1.5", "1")]
+
+
+def test_classification_metrics_through_the_registry(tmp_path: Path) -> None:
+    from _lifecycle import features_table
+    from loopline.tables import DeltaStore
+
+    p = make_project(tmp_path, {
+        "model": {"task": "classification", "target": "label"},
+        "training": {"estimator": None, "params": {"max_iter": 10}},  # default: HistGradientBoostingClassifier
+        "gate": None,
+    })
+    t = features_table()
+    label = (t.column("y").to_numpy() > 7.5).astype("int64")
+    DeltaStore(p.storage_root).overwrite("features", t.drop(["y"]).append_column("label", [label]))
+    r = train(p)
+    assert r.gate.passed, r.gate.failed_rules
+    assert r.gate.rules_checked == ["candidate_scores"]
+    assert set(r.gate.candidate_metrics) == {"accuracy", "f1", "roc_auc", "log_loss"}
+    assert r.metrics["valid_roc_auc"] > 0.8 and r.metrics["test_accuracy"] > 0.6
+    run = tracking.client(p).get_run(r.run_id)
+    assert run.data.tags["loopline.trainer"] == "sklearn.ensemble.HistGradientBoostingClassifier"
