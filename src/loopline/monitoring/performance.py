@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from loopline.errors import MonitoringError
+from loopline.evaluation import LOWER_IS_BETTER
+from loopline.evaluation import compute_metrics as gate_metrics
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -29,29 +31,23 @@ if TYPE_CHECKING:
     from loopline.tables import DeltaStore
 
 Verdict = Literal["ok", "breach", "no_data"]
+# Label metrics: the gate's own definitions, so monitoring compares like with like. Probability
+# metrics (roc_auc, log_loss) need probabilities the prediction tables do not hold.
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 CLASSIFICATION_METRICS = ("accuracy", "f1")
-LOWER_IS_BETTER = {"mae", "rmse", "log_loss"}
 PRIMARY = {"regression": "mae", "classification": "accuracy"}
 
 
 def compute_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """MAE / RMSE / R2 for regression; accuracy / macro F1 for classification."""
-    n = len(y_true)
-    if n == 0:
+    """MAE / RMSE / R2 for regression; accuracy / F1 for classification (labels compared as text)."""
+    if len(y_true) == 0:
         return {}
     if task == "regression":
-        t = np.asarray(y_true, dtype=np.float64)
-        p = np.asarray(y_pred, dtype=np.float64)
-        err = p - t
-        ss_tot = float(((t - t.mean()) ** 2).sum())
-        r2 = 1.0 - float((err**2).sum()) / ss_tot if ss_tot > 0 else math.nan
-        return {"mae": float(np.abs(err).mean()), "rmse": float(math.sqrt((err**2).mean())), "r2": r2}
-    from sklearn.metrics import f1_score
-
+        t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
+        return gate_metrics(task, list(REGRESSION_METRICS), t, p)
     t_s = np.asarray([str(x) for x in y_true])
     p_s = np.asarray([str(x) for x in y_pred])
-    return {"accuracy": float((t_s == p_s).mean()), "f1": float(f1_score(t_s, p_s, average="macro"))}
+    return gate_metrics(task, list(CLASSIFICATION_METRICS), t_s, p_s)
 
 
 def limit_for(metric: str, baseline: float, max_degradation: float) -> float:
