@@ -1,0 +1,180 @@
+"""``POST /feedback``: labels appended to the ``feedback`` table in one Delta commit per call.
+
+The response says ``ok`` only after the commit, so an ok is durable. Request ids are checked against
+``inference_log`` and this worker's log buffer; unknown ones are accepted and listed (the prediction
+may still sit in another worker's buffer, or the label may arrive before a batch is logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from pydantic import TypeAdapter, ValidationError
+
+from loopline.errors import TableError
+from loopline.serving.openapi import FeedbackItem
+from loopline.serving.schema import InputError
+
+if TYPE_CHECKING:
+    from loopline.serving.app import Server
+
+TABLE = "feedback"
+TS = pa.timestamp("us", tz="UTC")
+_ADAPTER: TypeAdapter[FeedbackItem | list[FeedbackItem]] = TypeAdapter(FeedbackItem | list[FeedbackItem])
+
+
+class FeedbackError(Exception):
+    """The feedback table could not be written (the client should retry)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def parse_items(body: bytes, keys: tuple[str, ...], task: str) -> list[FeedbackItem]:
+    if not body.strip():
+        raise InputError('empty request body; send {"request_id": ..., "label": ...} or a list of them')
+    try:
+        parsed = _ADAPTER.validate_json(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"] if str(p) not in ("FeedbackItem", "list[FeedbackItem]")]
+        if err["type"] == "json_invalid":
+            raise InputError(f"malformed JSON: {err['msg']}") from None
+        where = ".".join(loc) or "body"
+        raise InputError(f"{where}: {err['msg']}", status=422) from None
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if not items:
+        raise InputError("the list of feedback items is empty", status=422)
+    for i, it in enumerate(items):
+        where = f"[{i}]" if isinstance(parsed, list) else "body"
+        if it.request_id is None and not it.keys:
+            raise InputError(f"{where}: needs request_id or keys", status=422)
+        if it.keys:
+            unknown = sorted(set(it.keys) - set(keys))
+            if unknown:
+                hint = f"the key columns are {list(keys)}" if keys else "model.keys is empty in loopline.yaml"
+                raise InputError(f"{where}.keys: {unknown} are not key columns ({hint})", status=422)
+        if task == "regression" and isinstance(it.label, str):
+            raise InputError(f"{where}.label: must be a number for a regression model, got {it.label!r}", status=422)
+        if isinstance(it.label, float) and it.label != it.label:
+            raise InputError(f"{where}.label: NaN is not a label", status=422)
+    return items
+
+
+def build_table(items: list[FeedbackItem], keys: tuple[str, ...], task: str) -> pa.Table:
+    now = datetime.now(UTC)
+    cols: dict[str, pa.Array] = {"request_id": pa.array([it.request_id for it in items], type=pa.string())}
+    for k in keys:
+        values = [(it.keys or {}).get(k) for it in items]
+        if any(v is not None for v in values):
+            try:
+                cols[k] = pa.array(values)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                cols[k] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    if task == "regression":
+        cols["label"] = pa.array([float(it.label) for it in items], type=pa.float64())
+    else:
+        cols["label"] = pa.array([str(it.label) for it in items], type=pa.string())
+    stamps = []
+    for it in items:
+        ts = it.received_at or now
+        stamps.append(ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC))
+    cols["received_at"] = pa.array(stamps, type=TS)
+    cols["_source"] = pa.array(["api"] * len(items), type=pa.string())
+    return pa.table(cols)
+
+
+def _reference(S: Server) -> tuple[pa.Schema | None, bool]:
+    """The schema feedback columns must match: the feedback table's own, else (first write) the key
+    columns' types in ``predictions`` or ``features`` so that monitoring can join on them. The flag
+    says whether the reference is binding (the feedback table itself)."""
+    if S.feedback_schema is None and S.store.exists(TABLE):
+        S.feedback_schema = S.store.schema(TABLE)
+    if S.feedback_schema is not None:
+        return S.feedback_schema, True
+    for name in ("predictions", "features"):
+        try:
+            if S.store.exists(name):
+                return S.store.schema(name), False
+        except (TableError, OSError):
+            continue
+    return None, False
+
+
+def _cast(col: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray:
+    try:
+        return col.cast(want)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        if pa.types.is_timestamp(want) and want.tz is not None and pa.types.is_string(col.type):
+            import pyarrow.compute as pc
+
+            naive = col.cast(pa.timestamp(want.unit))  # ISO strings without an offset are taken as UTC
+            return pc.assume_timezone(naive, "UTC").cast(want)
+        raise
+
+
+def _conform(S: Server, table: pa.Table) -> pa.Table:
+    """Cast columns to the reference types; a value that cannot be is the client's 422 when the
+    feedback table already fixes the type, and is stored as sent otherwise."""
+    schema, binding = _reference(S)
+    if schema is None:
+        return table
+    for name in table.column_names:
+        if name not in schema.names or name in ("received_at", "_source") or (not binding and name not in S.keys):
+            continue
+        want = schema.field(name).type
+        col = table.column(name)
+        if col.type == want:
+            continue
+        try:
+            table = table.set_column(table.column_names.index(name), name, _cast(col, want))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            if binding:
+                raise InputError(
+                    f"keys.{name}: values must be {want} like the feedback table's column", status=422
+                ) from None
+    return table
+
+
+def known_ids(S: Server, ids: list[str]) -> set[str]:
+    wanted = set(ids)
+    found = S.logger.buffered_ids(wanted) if S.logger is not None else set()
+    rest = wanted - found
+    if rest:
+        import pyarrow.compute as pc
+
+        try:
+            if S.store.exists("inference_log"):
+                hit = S.store.dataset("inference_log").to_table(
+                    columns=["request_id"], filter=pc.field("request_id").isin(pa.array(sorted(rest)))
+                )
+                found.update(hit.column("request_id").to_pylist())
+        except (TableError, OSError, pa.ArrowException):
+            pass
+    return found
+
+
+def _store_sync(S: Server, body: bytes) -> dict[str, Any]:
+    items = parse_items(body, S.keys, S.task)
+    table = _conform(S, build_table(items, S.keys, S.task))
+    ids = [it.request_id for it in items if it.request_id is not None]
+    known = known_ids(S, ids) if ids else set()
+    try:
+        version = S.store.append(TABLE, table, writer="loopline.serving.feedback")
+    except TableError as exc:
+        S.feedback_schema = None
+        raise FeedbackError(f"the feedback table could not be written; retry: {exc.message}") from None
+    unknown = [i for i in ids if i not in known]
+    S.metrics.feedback.labels("true").inc(len(ids) - len(unknown))
+    S.metrics.feedback.labels("false").inc(len(unknown))
+    if len(items) > len(ids):
+        S.metrics.feedback.labels("keys").inc(len(items) - len(ids))
+    return {"status": "ok", "accepted": len(items), "unknown_request_ids": unknown, "table_version": version}
+
+
+async def store_feedback(S: Server, body: bytes) -> dict[str, Any]:
+    return await asyncio.to_thread(_store_sync, S, body)

@@ -1,0 +1,157 @@
+"""Prometheus metrics of the server (``GET /metrics``).
+
+With one worker the metrics live in this process. With ``--workers N`` the CLI sets
+``PROMETHEUS_MULTIPROC_DIR`` before the workers start, every worker writes its values there, and
+``/metrics`` on any worker aggregates all of them (prometheus_client multiprocess mode): counters
+and histograms are summed; gauges are reported per worker (``pid`` label) or summed as noted.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_PRED_BUCKETS = (-1e4, -1e3, -100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0, 1e3, 1e4)
+_MAX_CLASSES = 50
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    def __init__(self, prediction_range: tuple[float, float] | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.range = prediction_range
+        self.requests = Counter(
+            "loopline_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "loopline_request_latency_seconds",
+            "Request latency by endpoint (server side).",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        buckets: tuple[float, ...] = _PRED_BUCKETS
+        if prediction_range is not None:
+            lo, hi = prediction_range
+            buckets = tuple(float(x) for x in np.unique(np.linspace(lo, hi, 11))) if hi > lo else (float(lo),)
+        self.predictions = Histogram(
+            "loopline_prediction_value", "Predicted values (regression).", buckets=buckets, registry=r
+        )
+        self.classes = Counter(
+            "loopline_predictions_by_class", "Predicted classes (classification).", ["label"], registry=r
+        )
+        self.rows = Counter("loopline_predicted_rows", "Rows predicted.", registry=r)
+        self.range_violations = Counter(
+            "loopline_range_violations", "Predictions outside gate.prediction_range.", registry=r
+        )
+        self.info = Gauge(
+            "loopline_model_info",
+            "The served model version (value 1).",
+            ["model", "version", "run_id"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.ready = Gauge("loopline_model_ready", "1 when a model is loaded.", registry=r, multiprocess_mode="liveall")
+        self.reloads = Counter(
+            "loopline_model_reloads", "Champion reloads by result (ok, failed).", ["result"], registry=r
+        )
+        self.buffer_rows = Gauge(
+            "loopline_log_buffer_rows",
+            "Prediction-log rows waiting in memory.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.flushed = Counter(
+            "loopline_log_rows_flushed", "Prediction-log rows committed to inference_log.", registry=r
+        )
+        self.flushes = Counter("loopline_log_flushes", "Prediction-log commits to inference_log.", registry=r)
+        self.flush_failures = Counter(
+            "loopline_log_flush_failures", "Failed inference_log writes (rows spilled).", registry=r
+        )
+        self.spilled = Counter(
+            "loopline_log_rows_spilled", "Prediction-log rows written to the local spill folder.", registry=r
+        )
+        self.overflows = Counter(
+            "loopline_log_buffer_overflows",
+            "Times the in-memory buffer passed serving.log.max_buffer_rows.",
+            registry=r,
+        )
+        self.spill_pending = Gauge(
+            "loopline_log_spill_files", "Spill files waiting to be replayed.", registry=r, multiprocess_mode="livemax"
+        )
+        self.feedback = Counter(
+            "loopline_feedback_rows", "Feedback rows by whether the request id was known.", ["known"], registry=r
+        )
+        self._req: dict[tuple[str, int], Any] = {}
+        self._lat: dict[str, Any] = {}
+        self._classes: set[str] = set()
+        self._info_labels: tuple[str, str, str] | None = None
+
+    # ------------------------------------------------------------------ hot path (children cached)
+    def request(self, endpoint: str, status: int, seconds: float) -> None:
+        key = (endpoint, status)
+        c = self._req.get(key)
+        if c is None:
+            c = self._req[key] = self.requests.labels(endpoint, str(status))
+        c.inc()
+        h = self._lat.get(endpoint)
+        if h is None:
+            h = self._lat[endpoint] = self.latency.labels(endpoint)
+        h.observe(seconds)
+
+    def observe_predictions(self, preds: np.ndarray) -> None:
+        n = int(preds.shape[0]) if preds.ndim else 1
+        self.rows.inc(n)
+        if preds.dtype.kind in "fiub" and preds.ndim == 1:
+            values = preds.tolist()
+            for v in values:
+                self.predictions.observe(v)
+            if self.range is not None:
+                lo, hi = self.range
+                bad = int(np.count_nonzero((preds < lo) | (preds > hi)))
+                if bad:
+                    self.range_violations.inc(bad)
+        elif preds.ndim == 1:
+            for v in preds.tolist()[:1000]:
+                label = str(v)[:64]
+                if label in self._classes or len(self._classes) < _MAX_CLASSES:
+                    self._classes.add(label)
+                    self.classes.labels(label).inc()
+
+    # ------------------------------------------------------------------ events
+    def reload(self, ok: bool) -> None:
+        self.reloads.labels("ok" if ok else "failed").inc()
+
+    def model_info(self, model: str, version: str, run_id: str, old: str | None) -> None:
+        if self._info_labels is not None:
+            self.info.labels(*self._info_labels).set(0)  # 0 = no longer served (multiprocess-safe)
+        self._info_labels = (model, version, run_id)
+        self.info.labels(model, version, run_id).set(1)
+        self.ready.set(1)
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        if multiprocess_dir():
+            from prometheus_client import multiprocess
+
+            reg = CollectorRegistry()
+            multiprocess.MultiProcessCollector(reg)
+            return generate_latest(reg), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

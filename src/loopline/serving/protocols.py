@@ -1,0 +1,532 @@
+"""Wire formats: the MLflow scoring protocol and the Open Inference Protocol V2 (KServe / Triton).
+
+Parsing turns a request body into :class:`Parsed` (typed column arrays in signature order, the
+row count, optional params, passthrough key columns); encoding turns predictions back into each
+protocol's response. Nothing here touches the model or the network.
+
+MLflow (``POST /invocations``): JSON with exactly one of ``dataframe_split``, ``dataframe_records``,
+``instances``, ``inputs`` (+ optional ``params``), or ``text/csv`` with a header line.
+
+V2 (``POST /v2/models/{name}/infer``): ``{"inputs": [{"name", "shape", "datatype", "data"}]}``,
+one input per model column (shape ``[N]`` or ``[N, 1]``) or one ``[N, n_columns]`` tensor in
+signature order; the binary tensor data extension (``Inference-Header-Content-Length``) is
+supported both ways, as Triton's clients use it by default.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from loopline.serving.schema import Column, InputError, Signature, convert_column, convert_columns
+
+MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+_FORMATS_TEXT = "exactly one of dataframe_split, dataframe_records, instances, inputs"
+
+
+@dataclass
+class Parsed:
+    columns: dict[str, np.ndarray]
+    n: int
+    params: dict[str, Any] | None = None
+    passthrough: dict[str, list[Any]] = field(default_factory=dict)
+    raw_frame: dict[str, list[Any]] | None = None  # only for models without a column signature
+    v2_id: str | None = None
+    v2_binary_output: bool = False
+
+
+# ----------------------------------------------------------------------------- MLflow scoring
+def parse_mlflow(body: bytes, content_type: str | None, sig: Signature, keys: tuple[str, ...] = ()) -> Parsed:
+    ctype = (content_type or "application/json").split(";")[0].strip().lower()
+    if ctype in ("application/json", "application/*+json", "", "*/*"):
+        return parse_mlflow_json(body, sig, keys)
+    if ctype in ("text/csv", "application/csv"):
+        return parse_csv(body, sig, keys)
+    raise InputError(f"unsupported Content-Type {content_type!r}; send application/json or text/csv", status=415)
+
+
+def _loads(body: bytes) -> Any:
+    if not body.strip():
+        raise InputError(f"empty request body; send a JSON object with {_FORMATS_TEXT}")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError:
+        raise InputError("the request body is not UTF-8 text") from None
+    except ValueError as exc:
+        raise InputError(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InputError("malformed JSON: nested too deeply") from None
+
+
+def parse_mlflow_json(body: bytes, sig: Signature, keys: tuple[str, ...] = ()) -> Parsed:
+    obj = _loads(body)
+    if not isinstance(obj, dict):
+        raise InputError(f"the JSON body must be an object with {_FORMATS_TEXT}; got a {type(obj).__name__}")
+    present = [k for k in MLFLOW_FORMATS if k in obj]
+    if len(present) != 1:
+        got = ", ".join(present) if present else "none of them"
+        raise InputError(f"the JSON body must have {_FORMATS_TEXT} (got {got})")
+    unknown = [k for k in obj if k not in MLFLOW_FORMATS and k != "params"]
+    if unknown:
+        raise InputError(f"unknown field(s) {unknown}; allowed: {', '.join(MLFLOW_FORMATS)}, params")
+    params = obj.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise InputError(f"params must be an object of name: value, got {type(params).__name__}")
+    fmt = present[0]
+    raw, n = _columns_of(fmt, obj[fmt], sig, keys)
+    return _finish(raw, n, sig, keys, params=params)
+
+
+def _finish(
+    raw: dict[str, Any],
+    n: int,
+    sig: Signature,
+    keys: tuple[str, ...],
+    *,
+    params: dict[str, Any] | None = None,
+    from_text: bool = False,
+) -> Parsed:
+    passthrough = {k: list(raw[k]) for k in keys if k in raw and k not in sig.names}
+    if not sig.columns:
+        if n == 0:
+            raise InputError("the payload has no rows; send at least one")
+        return Parsed({}, n, params, passthrough, raw_frame={k: list(v) for k, v in raw.items()})
+    cols = convert_columns(sig, raw, n, from_text=from_text)
+    return Parsed(cols, n, params, passthrough)
+
+
+def _columns_of(fmt: str, data: Any, sig: Signature, keys: tuple[str, ...] = ()) -> tuple[dict[str, Any], int]:
+    """Any of the four MLflow JSON layouts -> {column: values}, row count."""
+    if fmt == "dataframe_split":
+        if not isinstance(data, dict):
+            raise InputError('dataframe_split must be an object {"columns": [...], "data": [[...], ...]}')
+        rows = data.get("data")
+        columns = data.get("columns")
+        if not isinstance(rows, list):
+            raise InputError("dataframe_split.data must be a list of rows")
+        if columns is None:
+            columns = sig.names
+        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+            raise InputError("dataframe_split.columns must be a list of column names")
+        return _rows_to_columns(rows, columns, "dataframe_split.data"), len(rows)
+    if fmt == "dataframe_records":
+        if not isinstance(data, list):
+            raise InputError("dataframe_records must be a list of {column: value} objects")
+        return _records_to_columns(data, sig, "dataframe_records", keys), len(data)
+    # instances / inputs: records, rows, a single column, or {column: values}
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        n = -1
+        for name, values in data.items():
+            vals = values if isinstance(values, list) else [values]
+            if n not in (-1, len(vals)):
+                raise InputError(f"{fmt}.{name} has {len(vals)} values, other columns have {n}")
+            n = len(vals)
+            out[name] = vals
+        return out, max(n, 0)
+    if not isinstance(data, list):
+        raise InputError(f"{fmt} must be a list of rows or an object of column: values")
+    if not data:
+        return {}, 0
+    if all(isinstance(r, dict) for r in data):
+        return _records_to_columns(data, sig, fmt, keys), len(data)
+    if all(isinstance(r, list) for r in data):
+        return _rows_to_columns(data, sig.names, fmt), len(data)
+    if len(sig.columns) == 1 and not any(isinstance(r, (list, dict)) for r in data):
+        return {sig.columns[0].name: data}, len(data)
+    raise InputError(f"{fmt} must be a list of objects (records) or a list of lists (rows in signature order)")
+
+
+def _rows_to_columns(rows: list[Any], columns: list[str], where: str) -> dict[str, Any]:
+    width = len(columns)
+    if not columns and rows:
+        raise InputError(f"{where}: no column names (the model has no signature; send dataframe_split.columns)")
+    for i, r in enumerate(rows):
+        if not isinstance(r, list):
+            raise InputError(f"{where}[{i}] must be a list of {width} values, got {type(r).__name__}")
+        if len(r) != width:
+            raise InputError(f"{where}[{i}] has {len(r)} values, expected {width} ({', '.join(columns)})")
+    if not rows:
+        return {c: [] for c in columns}
+    return {c: list(v) for c, v in zip(columns, zip(*rows, strict=True), strict=True)}
+
+
+def _records_to_columns(records: list[Any], sig: Signature, where: str, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    if sig.columns:
+        names = list(sig.names) + [k for k in keys if k not in sig.names]
+    else:
+        names = []
+        for r in records:
+            if isinstance(r, dict):
+                names.extend(k for k in r if k not in names)
+    required = {c.name for c in sig.columns if c.required}
+    out: dict[str, list[Any]] = {c: [] for c in names}
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise InputError(f"{where}[{i}] must be an object of column: value, got {type(r).__name__}")
+        for c in names:
+            if c in r:
+                out[c].append(r[c])
+            elif c in required:
+                raise InputError(f"{where}[{i}]: missing column {c!r}; the model needs: {', '.join(sig.names)}")
+            else:
+                out[c].append(None)
+    # a column missing from every record is absent, not a column of nulls
+    return {c: v for c, v in out.items() if records and any(c in r for r in records)}
+
+
+def parse_csv(body: bytes, sig: Signature, keys: tuple[str, ...] = ()) -> Parsed:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError("the CSV body is not UTF-8 text") from None
+    if not text.strip():
+        raise InputError("empty CSV body; send a header line and at least one row")
+    try:
+        lines = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV: {exc}") from None
+    lines = [ln for ln in lines if ln]
+    header, rows = lines[0], lines[1:]
+    if len(set(header)) != len(header):
+        raise InputError(f"malformed CSV: duplicate column names in the header {header}")
+    for i, r in enumerate(rows):
+        if len(r) != len(header):
+            raise InputError(f"malformed CSV: line {i + 2} has {len(r)} fields, the header has {len(header)}")
+    raw = {c: [r[j] for r in rows] for j, c in enumerate(header)}
+    return _finish(raw, len(rows), sig, keys, from_text=True)
+
+
+def encode_predictions(preds: np.ndarray | list[Any]) -> list[Any]:
+    values = preds.tolist() if isinstance(preds, np.ndarray) else list(preds)
+    return [_clean(v) for v in values] if _has_nonfinite(preds) else values
+
+
+def _has_nonfinite(preds: Any) -> bool:
+    return isinstance(preds, np.ndarray) and preds.dtype.kind == "f" and not bool(np.isfinite(preds).all())
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    return v
+
+
+# ----------------------------------------------------------------------------- Open Inference V2
+V2_DTYPES: dict[str, Any] = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "BYTES": object,
+}
+KIND_TO_V2 = {
+    "double": "FP64",
+    "float": "FP32",
+    "long": "INT64",
+    "integer": "INT32",
+    "boolean": "BOOL",
+    "string": "BYTES",
+    "binary": "BYTES",
+    "datetime": "BYTES",
+    "any": "BYTES",
+}
+
+
+def v2_datatype(arr: np.ndarray) -> str:
+    k = arr.dtype.kind
+    if k == "b":
+        return "BOOL"
+    if k in "iuf":
+        name = {"i": "INT", "u": "UINT", "f": "FP"}[k]
+        return f"{name}{arr.dtype.itemsize * 8}"
+    return "BYTES"
+
+
+def parse_v2(body: bytes, header_length: str | None, sig: Signature, keys: tuple[str, ...] = ()) -> Parsed:
+    binary = b""
+    if header_length is not None:
+        try:
+            hl = int(header_length)
+        except ValueError:
+            raise InputError(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+        if not 0 <= hl <= len(body):
+            raise InputError(f"Inference-Header-Content-Length {hl} is outside the body ({len(body)} bytes)")
+        body, binary = body[:hl], body[hl:]
+    if not body.strip():
+        raise InputError('empty request body; send {"inputs": [{"name", "shape", "datatype", "data"}]}')
+    obj = _loads(body)
+    if not isinstance(obj, dict):
+        raise InputError("the inference request must be a JSON object")
+    inputs = obj.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InputError("inputs: a non-empty list of tensors is required")
+    params = obj.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise InputError("parameters must be an object")
+    rid = obj.get("id")
+    if rid is not None and not isinstance(rid, str):
+        raise InputError("id must be a string")
+    binary_out = bool((params or {}).get("binary_data_output", False))
+    outputs = obj.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list):
+            raise InputError("outputs must be a list of {name}")
+        for i, o in enumerate(outputs):
+            if not isinstance(o, dict) or o.get("name") != "predict":
+                raise InputError(f"outputs[{i}]: the only output is named 'predict'")
+            op = o.get("parameters")
+            if isinstance(op, dict) and op.get("binary_data"):
+                binary_out = True
+    tensors: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, t in enumerate(inputs):
+        name, arr, offset = _v2_tensor(i, t, binary, offset)
+        if name in tensors:
+            raise InputError(f"inputs[{i}]: duplicate input name {name!r}")
+        tensors[name] = arr
+    if offset != len(binary):
+        raise InputError(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+    parsed = _v2_columns(tensors, sig, keys)
+    parsed.v2_id = rid
+    parsed.v2_binary_output = binary_out
+    mlflow_params = (params or {}).get("mlflow_params")
+    parsed.params = mlflow_params if isinstance(mlflow_params, dict) else None
+    return parsed
+
+
+def _v2_tensor(i: int, t: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]:
+    if not isinstance(t, dict):
+        raise InputError(f"inputs[{i}] must be an object with name, shape, datatype, data")
+    name, shape, dtype = t.get("name"), t.get("shape"), t.get("datatype")
+    where = f"inputs[{i}]" + (f" ({name!r})" if isinstance(name, str) else "")
+    if not isinstance(name, str) or not name:
+        raise InputError(f"{where}: name must be a non-empty string")
+    if not isinstance(shape, list) or not shape or not all(type(d) is int and d >= 0 for d in shape):
+        raise InputError(f"{where}: shape must be a non-empty list of non-negative integers")
+    if dtype not in V2_DTYPES:
+        raise InputError(f"{where}: datatype must be one of {', '.join(V2_DTYPES)}, got {dtype!r}")
+    count = math.prod(shape)
+    if count > 10_000_000:
+        raise InputError(f"{where}: shape {shape} is too large")
+    tparams = t.get("parameters") or {}
+    if not isinstance(tparams, dict):
+        raise InputError(f"{where}: parameters must be an object")
+    size = tparams.get("binary_data_size")
+    if size is not None:
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            raise InputError(f"{where}: binary_data_size {size!r} does not fit the binary data")
+        chunk = binary[offset : offset + size]
+        offset += size
+        arr = _from_binary(where, chunk, dtype, count)
+    else:
+        if "data" not in t:
+            raise InputError(f"{where}: data is required (or parameters.binary_data_size)")
+        arr = _from_json(where, t["data"], dtype, count)
+    return name, arr.reshape(shape), offset
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        if any(isinstance(x, list) for x in data):
+            raise InputError("data nests lists unevenly")
+        return data
+    out: list[Any] = []
+    for x in data:
+        out.extend(_flatten(x))
+    return out
+
+
+def _from_json(where: str, data: Any, dtype: str, count: int) -> np.ndarray:
+    try:
+        flat = _flatten(data)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc.message}") from None
+    except RecursionError:
+        raise InputError(f"{where}: data is nested too deeply") from None
+    if len(flat) != count:
+        raise InputError(f"{where}: data has {len(flat)} values, shape says {count}")
+    if dtype == "BOOL":
+        ok = all(type(v) is bool for v in flat)
+    elif dtype.startswith(("INT", "UINT")):
+        ok = all(type(v) is int for v in flat)
+    elif dtype.startswith("FP"):
+        ok = all(type(v) in (int, float) for v in flat)
+    else:
+        ok = all(isinstance(v, str) for v in flat)
+    if not ok:
+        bad = next(v for v in flat if not _fits(v, dtype))
+        raise InputError(f"{where}: value {bad!r} does not match datatype {dtype}")
+    if dtype == "BYTES":
+        return np.array(flat, dtype=object)
+    try:
+        return np.array(flat, dtype=V2_DTYPES[dtype])
+    except (OverflowError, ValueError):
+        raise InputError(f"{where}: a value is out of range for {dtype}") from None
+
+
+def _fits(v: Any, dtype: str) -> bool:
+    if dtype == "BOOL":
+        return type(v) is bool
+    if dtype.startswith(("INT", "UINT")):
+        return type(v) is int
+    if dtype.startswith("FP"):
+        return type(v) in (int, float)
+    return isinstance(v, str)
+
+
+def _from_binary(where: str, chunk: bytes, dtype: str, count: int) -> np.ndarray:
+    if dtype == "BYTES":
+        items: list[str] = []
+        pos = 0
+        while pos < len(chunk):
+            if pos + 4 > len(chunk):
+                raise InputError(f"{where}: truncated BYTES element")
+            (ln,) = struct.unpack_from("<I", chunk, pos)
+            pos += 4
+            if pos + ln > len(chunk):
+                raise InputError(f"{where}: truncated BYTES element")
+            try:
+                items.append(chunk[pos : pos + ln].decode())
+            except UnicodeDecodeError:
+                raise InputError(f"{where}: BYTES element is not UTF-8") from None
+            pos += ln
+        if len(items) != count:
+            raise InputError(f"{where}: binary data has {len(items)} elements, shape says {count}")
+        return np.array(items, dtype=object)
+    np_dtype = np.dtype(V2_DTYPES[dtype])
+    if len(chunk) != count * np_dtype.itemsize:
+        need = count * np_dtype.itemsize
+        raise InputError(f"{where}: binary data has {len(chunk)} bytes, shape and {dtype} need {need}")
+    return np.frombuffer(chunk, dtype=np_dtype.newbyteorder("<")).astype(np_dtype)
+
+
+def _v2_columns(tensors: dict[str, np.ndarray], sig: Signature, keys: tuple[str, ...]) -> Parsed:
+    names = set(sig.names)
+    passthrough: dict[str, list[Any]] = {}
+    if not sig.columns:
+        raw = {}
+        n = -1
+        for name, arr in tensors.items():
+            col = _as_column(name, arr)
+            if n not in (-1, len(col)):
+                raise InputError(f"input {name!r} has {len(col)} rows, other inputs have {n}")
+            n = len(col)
+            raw[name] = col.tolist()
+        if n <= 0:
+            raise InputError("the payload has no rows; send at least one")
+        return Parsed({}, n, raw_frame=raw)
+    by_column = [t for t in tensors if t in names]
+    if by_column:
+        cols: dict[str, np.ndarray] = {}
+        n = -1
+        for name, arr in tensors.items():
+            if name not in names and name not in keys:
+                raise InputError(
+                    f"input {name!r} is not a model column; send one input per column ({', '.join(sig.names)})"
+                )
+            col = _as_column(name, arr)
+            if n not in (-1, len(col)):
+                raise InputError(f"input {name!r} has {len(col)} rows, other inputs have {n}")
+            n = len(col)
+            if name in names:
+                cols[name] = col
+            else:
+                passthrough[name] = col.tolist()
+        n = max(n, 0)
+    elif len(tensors) == 1:
+        name, arr = next(iter(tensors.items()))
+        width = len(sig.columns)
+        if arr.ndim != 2 or arr.shape[1] != width:
+            raise InputError(
+                f"input {name!r} has shape {list(arr.shape)}; send one input per column "
+                f"({', '.join(sig.names)}) or one [N, {width}] tensor in that order"
+            )
+        cols = {c.name: _matrix_column(c, arr[:, j]) for j, c in enumerate(sig.columns)}
+        n = arr.shape[0]
+    else:
+        raise InputError(f"inputs {list(tensors)} are not model columns; the model needs: {', '.join(sig.names)}")
+    if n == 0:
+        raise InputError("the payload has no rows; send at least one")
+    typed: dict[str, np.ndarray] = {}
+    for c in sig.columns:
+        if c.name not in cols:
+            if c.required:
+                raise InputError(f"missing input {c.name!r}; the model needs: {', '.join(sig.names)}")
+            continue
+        typed[c.name] = _typed(c, cols[c.name])
+    return Parsed(typed, n, None, passthrough)
+
+
+def _matrix_column(c: Column, col: np.ndarray) -> np.ndarray:
+    """A column cut from one [N, k] numeric tensor: booleans arrive as 0/1."""
+    if c.kind == "boolean" and col.dtype.kind in "iuf":
+        if not np.isin(col, (0, 1)).all():
+            raise InputError(f"column {c.name!r}: boolean values in a numeric tensor must be 0 or 1")
+        return col.astype(np.bool_)
+    return col
+
+
+def _typed(c: Column, arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == object:
+        return convert_column(c, arr.tolist())
+    return convert_column(c, arr)
+
+
+def _as_column(name: str, arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 1:
+        return arr
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        return arr[:, 0]
+    raise InputError(f"input {name!r} has shape {list(arr.shape)}; a column input must be [N] or [N, 1]")
+
+
+def encode_v2(
+    model_name: str, version: str, preds: np.ndarray, request_ids: list[str], rid: str | None, binary: bool
+) -> tuple[bytes, int | None]:
+    """The infer response body, and the JSON header length when outputs are sent as binary."""
+    arr = np.asarray(preds)
+    dtype = v2_datatype(arr)
+    out: dict[str, Any] = {"name": "predict", "datatype": dtype, "shape": list(arr.shape)}
+    resp: dict[str, Any] = {"model_name": model_name, "model_version": version}
+    if rid is not None:
+        resp["id"] = rid
+    resp["parameters"] = {"request_ids": ",".join(request_ids)}  # V2 parameter values are scalars
+    blob = b""
+    if binary:
+        if dtype == "BYTES":
+            parts = []
+            for v in arr.reshape(-1).tolist():
+                b = v if isinstance(v, bytes) else str(v).encode()
+                parts.append(struct.pack("<I", len(b)) + b)
+            blob = b"".join(parts)
+        else:
+            blob = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+        out["parameters"] = {"binary_data_size": len(blob)}
+    else:
+        flat = arr.reshape(-1)
+        out["data"] = encode_predictions(flat) if dtype != "BYTES" else [str(v) for v in flat.tolist()]
+    resp["outputs"] = [out]
+    head = json.dumps(resp, separators=(",", ":")).encode()
+    if binary:
+        return head + blob, len(head)
+    return head, None

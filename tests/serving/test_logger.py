@@ -1,0 +1,105 @@
+"""The prediction log without a server: spill on a failing table, replay, memory cap, redaction."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from loopline.config import LogConfig
+from loopline.errors import ServingError
+from loopline.serving.logger import Entry, PredictionLogger, Redactor
+from loopline.serving.metrics import Metrics
+from loopline.tables import DeltaStore
+
+
+def _entry(i: int, rows: int = 1) -> Entry:
+    return Entry(
+        [f"r{i}-{k}" for k in range(rows)],
+        1_700_000_000_000_000 + i,
+        "prod.demo",
+        "1",
+        "invocations",
+        1.0,
+        np.full(rows, float(i)),
+        {"x": np.full(rows, 0.5), "n": np.arange(rows, dtype=np.int64)},
+        {"email": ["a@b"] * rows},
+    )
+
+
+class FlakyTable:
+    def __init__(self, store: DeltaStore) -> None:
+        self.store = store
+        self.down = True
+
+    def __call__(self, table: pa.Table) -> int:
+        if self.down:
+            raise OSError("object store unreachable")
+        return self.store.append("inference_log", table)
+
+
+def test_spill_then_replay_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SALT", "s")
+    store = DeltaStore(str(tmp_path / "tables"))
+    table = FlakyTable(store)
+    cfg = LogConfig(flush_rows=10, flush_interval=timedelta(seconds=60), redact={"email": "hash"}, salt_env="SALT")
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        lg = PredictionLogger(store, cfg, "regression", tmp_path / "spill", metrics, writer=table)
+        await lg.start()
+        for i in range(5):
+            lg.record(_entry(i))
+        await lg.flush()  # table down: spilled
+        assert len(list((tmp_path / "spill").glob("*.arrow"))) == 1
+        for i in range(5, 8):
+            lg.record(_entry(i))
+        await lg.flush()  # still down: second spill file, order kept
+        assert len(list((tmp_path / "spill").glob("*.arrow"))) == 2
+        await lg.close()
+
+    asyncio.run(scenario())
+    assert not store.exists("inference_log")
+    table.down = False
+
+    async def restart() -> None:  # the next start replays
+        lg = PredictionLogger(store, cfg, "regression", tmp_path / "spill", metrics, writer=table)
+        await lg.start()
+        lg.record(_entry(8))
+        await lg.close()
+
+    asyncio.run(restart())
+    t = store.read("inference_log")
+    assert sorted(t.column("request_id").to_pylist()) == [f"r{i}-0" for i in range(9)]
+    assert not list((tmp_path / "spill").glob("*"))
+    assert "a@b" not in t.column("email").to_pylist()
+    assert metrics.flush_failures._value.get() == 2
+
+
+def test_memory_cap_spills(tmp_path: Path) -> None:
+    store = DeltaStore(str(tmp_path / "tables"))
+    cfg = LogConfig(flush_rows=10_000, max_buffer_rows=50, flush_interval=timedelta(seconds=60))
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        lg = PredictionLogger(store, cfg, "regression", tmp_path / "spill", metrics)
+        await lg.start()
+        for i in range(12):
+            lg.record(_entry(i, rows=10))
+            assert lg.buffered_rows <= 50
+        assert metrics.overflows._value.get() >= 1
+        await lg.close()
+
+    asyncio.run(scenario())
+    assert store.read("inference_log").num_rows == 120
+
+
+def test_hash_needs_salt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NO_SUCH_SALT", raising=False)
+    with pytest.raises(ServingError, match=r"hashes \['email'\], but the salt variable NO_SUCH_SALT is not set"):
+        Redactor({"email": "hash"}, "NO_SUCH_SALT")
+    Redactor({"email": "drop"}, "NO_SUCH_SALT")  # dropping needs no salt

@@ -1,0 +1,202 @@
+"""Lossless shutdown under load, hot reload (promote, rollback, broken champion), auth, redaction."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from _serving import log_rows, read_log, set_champion, start_server
+
+ROW = {"x": 1.5, "n": 3, "flag": True, "email": "ann@example.com"}
+
+
+class Load:
+    """A few keep-alive client threads predicting until stopped; counts what they were told."""
+
+    def __init__(self, url: str, threads: int = 4, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.headers = headers or {}
+        self.ok_ids: list[str] = []
+        self.versions: list[str] = []
+        self.failures: list[str] = []
+        self.refused = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, headers=self.headers, timeout=10) as c:
+            while not self._stop.is_set():
+                try:
+                    r = c.post("/invocations", json={"dataframe_records": [ROW]})
+                except httpx.HTTPError:
+                    with self._lock:
+                        self.refused += 1  # connection refused/closed: never a returned prediction
+                    time.sleep(0.01)
+                    continue
+                with self._lock:
+                    if r.status_code == 200:
+                        body = r.json()
+                        self.ok_ids.extend(body["request_ids"])
+                        self.versions.append(body["model_version"])
+                    else:
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def test_sigterm_under_load_is_lossless(project: Path) -> None:
+    """Two workers under load, SIGTERM mid-load: exit 0 and every returned prediction is in the table."""
+    srv = start_server(project, workers=2)
+    with Load(srv.url, threads=4) as load:
+        time.sleep(12)
+        code = srv.stop()  # signal while the clients are still sending
+    assert code == 0, srv.output()
+    assert srv.output().count("prediction log flushed") == 2, srv.output()  # each worker flushed its buffer
+    assert not load.failures, load.failures[:5]
+    assert len(load.ok_ids) > 200
+    table = read_log(project)
+    logged = table.column("request_id").to_pylist()
+    assert len(logged) == len(set(logged))
+    assert set(logged) == set(load.ok_ids)
+    assert log_rows(project) == len(load.ok_ids)
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_hot_reload_promote_broken_rollback(project: Path) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{project / '.loopline' / 'prod' / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).delete_registered_model_alias("prod.demo", "champion")
+    srv = start_server(project, wait_ready=False)
+    try:
+        http = srv.client()
+        r = http.get("/ready")
+        assert r.status_code == 503 and "has no @champion" in r.json()["error"]
+        r = http.post("/invocations", json={"dataframe_records": [ROW]})
+        assert r.status_code == 503 and "no model is being served" in r.json()["message"]
+
+        set_champion(project, "1")
+        _wait(lambda: http.get("/ready").status_code == 200)
+        with Load(srv.url, threads=2) as load:
+            time.sleep(1)
+            set_champion(project, "2")  # promote
+            _wait(lambda: load.versions and load.versions[-1] == "2")
+            set_champion(project, "3")  # a broken champion: refused, v2 keeps serving
+            _wait(lambda: 'loopline_model_reloads_total{result="failed"} 1.0' in http.get("/metrics").text)
+            time.sleep(1)
+            assert load.versions[-1] == "2"
+            set_champion(project, "1")  # rollback
+            _wait(lambda: load.versions[-1] == "1")
+            time.sleep(0.5)
+        assert not load.failures, load.failures[:5]
+        assert load.refused == 0
+        assert {"1", "2"} <= set(load.versions) and "3" not in load.versions
+        assert http.get("/ready").json()["version"] == "1"
+        assert "this model is broken" in srv.output()
+        metrics = http.get("/metrics").text
+        assert re.search(r'loopline_model_info\{model="prod.demo",run_id="\w+",version="1"\} 1.0', metrics)
+    finally:
+        assert srv.stop() == 0
+    versions = set(read_log(project).column("model_version").to_pylist())
+    assert versions == {"1", "2"}
+
+
+def test_auth_roles_and_redaction(project: Path) -> None:
+    cfg = project / "loopline.yaml"
+    text = cfg.read_text().replace("serving:\n", "serving:\n  auth: {tokens_env: LOOPLINE_TOKENS}\n")
+    cfg.write_text(text.replace("redact: {email: hash}", "redact: {email: hash, flag: drop}"))
+    env = {"LOOPLINE_TOKENS": "pred-tok=predict,fb-tok=feedback,adm-tok=admin,both-tok=predict+feedback"}
+    srv = start_server(project, env=env, token="adm-tok")
+    try:
+        anon = srv.client()
+        assert anon.get("/health").status_code == 200
+        assert anon.get("/v2/health/live").status_code == 200
+        for method, path in (
+            ("POST", "/invocations"),
+            ("GET", "/ready"),
+            ("GET", "/metrics"),
+            ("POST", "/feedback"),
+            ("GET", "/openapi.json"),
+            ("GET", "/docs"),
+            ("POST", "/v2/models/prod.demo/infer"),
+            ("GET", "/v2"),
+        ):
+            r = anon.request(method, path, json={})
+            assert r.status_code == 401, (path, r.text)
+        r = srv.client("wrong").post("/invocations", json={"dataframe_records": [ROW]})
+        assert r.status_code == 401 and r.json()["message"] == "invalid token"
+        r = srv.client("fb-tok").post("/invocations", json={"dataframe_records": [ROW]})
+        assert r.status_code == 403 and "lacks the 'predict' role" in r.json()["message"]
+        r = srv.client("pred-tok").post("/invocations", json={"dataframe_records": [ROW]})
+        assert r.status_code == 200, r.text
+        rid = r.json()["request_ids"][0]
+        assert srv.client("pred-tok").post("/feedback", json={"request_id": rid, "label": 1.0}).status_code == 403
+        assert srv.client("both-tok").post("/feedback", json={"request_id": rid, "label": 1.0}).status_code == 200
+        assert srv.client("pred-tok").get("/metrics").status_code == 403
+        assert srv.client("adm-tok").get("/metrics").status_code == 200
+        doc = srv.client("pred-tok").get("/openapi.json").json()
+        assert doc["paths"]["/invocations"]["post"]["security"] == [{"bearer": []}]
+    finally:
+        assert srv.stop() == 0
+    out = srv.output()
+    for token in ("pred-tok", "fb-tok", "adm-tok", "both-tok"):
+        assert token not in out
+    table = read_log(project)
+    assert "flag" not in table.column_names
+    assert "ann@example.com" not in str(table.to_pylist())
+    import hashlib
+
+    assert table.column("email")[0].as_py() == hashlib.sha256(b"test-salt" + b"ann@example.com").hexdigest()
+
+
+def test_cli_refuses_missing_salt_and_bad_tokens(project: Path) -> None:
+    import os
+    import subprocess
+
+    from _serving import VENV_BIN
+
+    env = {k: v for k, v in os.environ.items() if k != "LOOPLINE_REDACT_SALT"}
+    p = subprocess.run(
+        [str(VENV_BIN / "loopline"), "serve", "-p", str(project), "-e", "prod"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 1
+    assert "the salt variable LOOPLINE_REDACT_SALT is not set" in " ".join(p.stderr.split())
+    cfg = project / "loopline.yaml"
+    cfg.write_text(cfg.read_text().replace("serving:\n", "serving:\n  auth: {tokens_env: TOK}\n"))
+    p = subprocess.run(
+        [str(VENV_BIN / "loopline"), "serve", "-p", str(project), "-e", "prod"],
+        env={**env, "LOOPLINE_REDACT_SALT": "s", "TOK": "abc=predict+root"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2
+    assert "entry 1 has unknown role(s) ['root']" in " ".join(p.stderr.split())
+    assert "abc" not in p.stderr
