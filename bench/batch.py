@@ -111,8 +111,11 @@ def register(project_dir: Path, model, sample) -> None:  # type: ignore[no-untyp
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))  # our own freshly fitted model
     with mlflow.start_run(experiment_id=tracking.experiment_id(project)):
         info = mlflow.sklearn.log_model(
-            model, name="model", signature=infer_signature(sample, model.predict(sample)),
-            pip_requirements=["scikit-learn", "lightgbm"], registered_model_name=project.registered_model,
+            model,
+            name="model",
+            signature=infer_signature(sample, model.predict(sample)),
+            pip_requirements=["scikit-learn", "lightgbm"],
+            registered_model_name=project.registered_model,
             skops_trusted_types=trusted,
         )
     tracking.client(project).set_registered_model_alias(
@@ -177,15 +180,23 @@ def child(kind: str, project_dir: Path) -> dict[str, float]:
         rows = len(out)
     else:
         raise SystemExit(f"unknown child {kind}")
-    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_mb": _peak_mb(),
-            "peak_before_mb": before, **extra}
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "rows_per_s": rows / seconds,
+        "peak_mb": _peak_mb(),
+        "peak_before_mb": before,
+        **extra,
+    }
 
 
 def run_child(kind: str, project_dir: Path) -> dict[str, float]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--project", str(project_dir)],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if proc.returncode != 0:
         raise SystemExit(f"{kind} child failed:\n{proc.stderr[-3000:]}")
@@ -228,35 +239,51 @@ def main() -> None:
                 r = run_child(k, d)
                 runs[k].append(r)
                 load = f"  (model resolve+load {r['load_s']:.1f}s)" if "load_s" in r else ""
-                print(f"  {k:16s} {r['seconds']:8.2f}s {r['rows_per_s']:12,.0f} rows/s  peak RSS {r['peak_mb']:7.0f} MB"
-                      f"{load}", flush=True)
-        results[n] = {k: {"rows_per_s": statistics.median(r["rows_per_s"] for r in v),
-                          "scoring_rows_per_s": statistics.median(r.get("scoring_rows_per_s", 0.0) for r in v),
-                          "peak_mb": statistics.median(r["peak_mb"] for r in v)} for k, v in runs.items()}
+                print(
+                    f"  {k:16s} {r['seconds']:8.2f}s {r['rows_per_s']:12,.0f} rows/s  peak RSS {r['peak_mb']:7.0f} MB"
+                    f"{load}",
+                    flush=True,
+                )
+        results[n] = {
+            k: {
+                "rows_per_s": statistics.median(r["rows_per_s"] for r in v),
+                "scoring_rows_per_s": statistics.median(r.get("scoring_rows_per_s", 0.0) for r in v),
+                "peak_mb": statistics.median(r["peak_mb"] for r in v),
+            }
+            for k, v in runs.items()
+        }
 
     print(f"\nsummary (median of {args.repeat}; load average now {os.getloadavg()[0]:.1f})")
     print("loopline = the whole job (registry -> model load -> Delta in -> Delta out); loopline* = the same job")
     print("without its one-off model resolve+load, which the limit does not pay either")
-    print(f"{'rows':>12} {'limit rows/s':>14} {'loopline':>10} {'loopline*':>10} {'naive':>10} "
-          f"{'loopline/limit':>15} {'loopline*/limit':>16} {'naive/limit':>12} {'loopline/naive':>15} "
-          f"{'loopline RSS':>13} {'naive RSS':>10}")
+    print(
+        f"{'rows':>12} {'limit rows/s':>14} {'loopline':>10} {'loopline*':>10} {'naive':>10} "
+        f"{'loopline/limit':>15} {'loopline*/limit':>16} {'naive/limit':>12} {'loopline/naive':>15} "
+        f"{'loopline RSS':>13} {'naive RSS':>10}"
+    )
     for n, r in results.items():
         lim, ll, nv = r["limit"]["rows_per_s"], r["loopline"]["rows_per_s"], r["naive"]["rows_per_s"]
         sc = r["loopline"]["scoring_rows_per_s"]
-        print(f"{n:>12,} {lim:>14,.0f} {ll:>10,.0f} {sc:>10,.0f} {nv:>10,.0f} {ll / lim:>14.2f}x {sc / lim:>15.2f}x "
-              f"{nv / lim:>11.2f}x {ll / nv:>14.2f}x {r['loopline']['peak_mb']:>10.0f} MB {r['naive']['peak_mb']:>7.0f} MB")
+        print(
+            f"{n:>12,} {lim:>14,.0f} {ll:>10,.0f} {sc:>10,.0f} {nv:>10,.0f} {ll / lim:>14.2f}x {sc / lim:>15.2f}x "
+            f"{nv / lim:>11.2f}x {ll / nv:>14.2f}x {r['loopline']['peak_mb']:>10.0f} MB {r['naive']['peak_mb']:>7.0f} MB"
+        )
         if "loopline_pyfunc" in r:
-            print(f"{'':>12} loopline with the pyfunc path: {r['loopline_pyfunc']['rows_per_s']:,.0f} rows/s "
-                  f"(fast path {ll / r['loopline_pyfunc']['rows_per_s']:.2f}x)")
+            print(
+                f"{'':>12} loopline with the pyfunc path: {r['loopline_pyfunc']['rows_per_s']:,.0f} rows/s "
+                f"(fast path {ll / r['loopline_pyfunc']['rows_per_s']:.2f}x)"
+            )
     for key, label in (("rows_per_s", "loopline"), ("scoring_rows_per_s", "loopline*")):
         worst = min(r["loopline"][key] / r["limit"]["rows_per_s"] for r in results.values())
         print(f"target {label} >= 0.7x limit: {'PASS' if worst >= 0.7 else 'FAIL'} (worst {worst:.2f}x)")
     if len(results) > 1:
         lo, hi = results[min(results)], results[max(results)]
         ratio = hi["loopline"]["peak_mb"] / lo["loopline"]["peak_mb"]
-        print(f"target loopline peak RSS at {max(results):,} <= 1.5x at {min(results):,}: "
-              f"{'PASS' if ratio <= 1.5 else 'FAIL'} ({hi['loopline']['peak_mb']:.0f} MB / "
-              f"{lo['loopline']['peak_mb']:.0f} MB = {ratio:.2f}x)")
+        print(
+            f"target loopline peak RSS at {max(results):,} <= 1.5x at {min(results):,}: "
+            f"{'PASS' if ratio <= 1.5 else 'FAIL'} ({hi['loopline']['peak_mb']:.0f} MB / "
+            f"{lo['loopline']['peak_mb']:.0f} MB = {ratio:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

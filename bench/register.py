@@ -36,10 +36,16 @@ def make_project(root: Path, rows: int, n_features: int):  # type: ignore[no-unt
     cfg = {
         "project": "bench",
         "model": {"name": "reg", "target": "y", "keys": ["id"], "time_column": "ts"},
-        "training": {"estimator": "sklearn.ensemble.HistGradientBoostingRegressor",
-                     "params": {"max_iter": 50}, "split": {"method": "time"}},
-        "gate": {"thresholds": {"mae": {"max": 100.0}}, "min_improvement": {"mae": {"relative": 0.0}},
-                 "prediction_range": [-1e6, 1e6]},
+        "training": {
+            "estimator": "sklearn.ensemble.HistGradientBoostingRegressor",
+            "params": {"max_iter": 50},
+            "split": {"method": "time"},
+        },
+        "gate": {
+            "thresholds": {"mae": {"max": 100.0}},
+            "min_improvement": {"mae": {"relative": 0.0}},
+            "prediction_range": [-1e6, 1e6],
+        },
         "environments": {"dev": {}},
     }
     (root / "loopline.yaml").write_text(yaml.safe_dump(cfg))
@@ -98,8 +104,9 @@ def main() -> None:
     def mlflow_once() -> float:
         t, c = time.perf_counter(), time.process_time()
         with mlflow.start_run(experiment_id=exp):
-            mlflow.sklearn.log_model(model, name="model", registered_model_name="dev.reg_mlflow_default",
-                                     skops_trusted_types=trusted)
+            mlflow.sklearn.log_model(
+                model, name="model", registered_model_name="dev.reg_mlflow_default", skops_trusted_types=trusted
+            )
         cpu["mlflow"].append(time.process_time() - c)
         return time.perf_counter() - t
 
@@ -116,17 +123,27 @@ def main() -> None:
     a, b = statistics.median(ours), statistics.median(theirs)
     ca, cb = statistics.median(cpu["loopline"]), statistics.median(cpu["mlflow"])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"model: HistGradientBoostingRegressor(max_iter=50) on {args.rows} rows x {args.features} features; "
-          f"gate on {len(prepared.test)} test rows vs @champion; median of {args.repeats} (after 1 warm-up)")
-    print(f"loopline  fitted model -> registered + gated version: {a:6.3f} s   (min {min(ours):.3f})   runs: "
-          + ", ".join(f"{x:.3f}" for x in ours))
-    print(f"mlflow    sklearn.log_model(registered_model_name=...) defaults: {b:6.3f} s   (min {min(theirs):.3f})   runs: "
-          + ", ".join(f"{x:.3f}" for x in theirs))
-    print(f"cpu time  (this process, median)  loopline {ca:.3f} s   mlflow default {cb:.3f} s   "
-          f"(load average {load:.1f} on {os.cpu_count()} CPUs; the mlflow default also spends time in pip "
-          f"subprocesses)")
-    print(f"ratio     mlflow default / loopline = {b / a:.2f}x  (loopline {'<=' if a <= 1.5 else '>'} 1.5 s target; "
-          f"{'ahead of' if a < b else 'behind'} MLflow's default)")
+    print(
+        f"model: HistGradientBoostingRegressor(max_iter=50) on {args.rows} rows x {args.features} features; "
+        f"gate on {len(prepared.test)} test rows vs @champion; median of {args.repeats} (after 1 warm-up)"
+    )
+    print(
+        f"loopline  fitted model -> registered + gated version: {a:6.3f} s   (min {min(ours):.3f})   runs: "
+        + ", ".join(f"{x:.3f}" for x in ours)
+    )
+    print(
+        f"mlflow    sklearn.log_model(registered_model_name=...) defaults: {b:6.3f} s   (min {min(theirs):.3f})   runs: "
+        + ", ".join(f"{x:.3f}" for x in theirs)
+    )
+    print(
+        f"cpu time  (this process, median)  loopline {ca:.3f} s   mlflow default {cb:.3f} s   "
+        f"(load average {load:.1f} on {os.cpu_count()} CPUs; the mlflow default also spends time in pip "
+        f"subprocesses)"
+    )
+    print(
+        f"ratio     mlflow default / loopline = {b / a:.2f}x  (loopline {'<=' if a <= 1.5 else '>'} 1.5 s target; "
+        f"{'ahead of' if a < b else 'behind'} MLflow's default)"
+    )
     sys.exit(0)
 
 

@@ -72,12 +72,17 @@ def features_table(n: int = 400, seed: int = 0, shift: float = 0.0) -> pa.Table:
     x1, x2, x3 = rng.uniform(0, 1, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n)
     y = 10 * x1 + 5 * x2 + rng.normal(0, 0.3, n) + shift
     start = datetime(2024, 1, 1, tzinfo=UTC)
-    return pa.table({
-        "id": pa.array(np.arange(n), pa.int64()),
-        "ts": pa.array([start + timedelta(hours=i) for i in range(n)], pa.timestamp("us", tz="UTC")),
-        "x1": x1, "x2": x2, "x3": x3, "y": y,
-        "_batch_id": pa.array(["b1"] * n),
-    })
+    return pa.table(
+        {
+            "id": pa.array(np.arange(n), pa.int64()),
+            "ts": pa.array([start + timedelta(hours=i) for i in range(n)], pa.timestamp("us", tz="UTC")),
+            "x1": x1,
+            "x2": x2,
+            "x3": x3,
+            "y": y,
+            "_batch_id": pa.array(["b1"] * n),
+        }
+    )
 
 
 _TEMPLATE: list[Path] = []
@@ -108,8 +113,13 @@ def template_db() -> Path:
     return _TEMPLATE[0]
 
 
-def make_project(root: Path, overrides: dict[str, Any] | None = None, env: str = "dev",
-                 write_features: tuple[str, ...] = ("dev",), extra_files: dict[str, str] | None = None) -> Project:
+def make_project(
+    root: Path,
+    overrides: dict[str, Any] | None = None,
+    env: str = "dev",
+    write_features: tuple[str, ...] = ("dev",),
+    extra_files: dict[str, str] | None = None,
+) -> Project:
     cfg = _merge(BASE, overrides or {})
     root.mkdir(parents=True, exist_ok=True)
     (root / "loopline.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import textwrap
 import uuid
@@ -18,25 +16,7 @@ from pathlib import Path
 
 import pytest
 
-PG_HOST = os.environ.get("LOOPLINE_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("LOOPLINE_TEST_PG_PORT", "5432"))
-PG_USER = os.environ.get("LOOPLINE_TEST_PG_USER", "postgres")
-PG_ADMIN_DB = os.environ.get("LOOPLINE_TEST_PG_DB", "test")
-IN_CI = os.environ.get("CI", "").lower() == "true"
-VENV_BIN = Path(sys.executable).parent
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip on a laptop; under CI=true a missing real dependency is a failure."""
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: this test must run for real)")
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from _support import PG_ADMIN_DB, PG_HOST, PG_PORT, PG_USER, free_port, run_cli, skip_or_fail
 
 
 @pytest.fixture
@@ -107,16 +87,6 @@ def project_dir(tmp_path: Path) -> Path:
     rows = ["id,x,y"] + [f"{i},{i % 50}.5,{2 * (i % 50) + 1}.0" for i in range(200)]
     (tmp_path / "data" / "points.csv").write_text("\n".join(rows) + "\n")
     return tmp_path
-
-
-def run_cli(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    """Run the real `loopline` console command in a subprocess."""
-    full_env = {**os.environ, "COLUMNS": "250", **(env or {})}
-    return subprocess.run(
-        [str(VENV_BIN / "loopline"), *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.fixture

@@ -40,11 +40,16 @@ def make_features(n: int = 300, seed: int = 0, start: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
     x = rng.uniform(0, 3, size=(n, 3))
     y = 20 * x[:, 0] + 5 * x[:, 1] - 3 * x[:, 2] + rng.normal(0, 0.1, n)
-    return pa.table({
-        "id": pa.array(np.arange(start, start + n), pa.int64()),
-        "x1": x[:, 0], "x2": x[:, 1], "x3": x[:, 2], "y": y,
-        "_batch_id": pa.array(["f1"] * n),
-    })
+    return pa.table(
+        {
+            "id": pa.array(np.arange(start, start + n), pa.int64()),
+            "x1": x[:, 0],
+            "x2": x[:, 1],
+            "x3": x[:, 2],
+            "y": y,
+            "_batch_id": pa.array(["f1"] * n),
+        }
+    )
 
 
 def register_champion(project: Project, table: pa.Table) -> str:
@@ -62,8 +67,11 @@ def register_champion(project: Project, table: pa.Table) -> str:
     model = LinearRegression().fit(x, y)
     with mlflow.start_run(experiment_id=tracking.experiment_id(project)):
         info = mlflow.sklearn.log_model(
-            model, name="model", signature=infer_signature(x, model.predict(x)),
-            pip_requirements=["scikit-learn"], registered_model_name=project.registered_model,
+            model,
+            name="model",
+            signature=infer_signature(x, model.predict(x)),
+            pip_requirements=["scikit-learn"],
+            registered_model_name=project.registered_model,
         )
     version = str(info.registered_model_version)
     c.set_registered_model_alias(project.registered_model, "champion", version)
@@ -115,8 +123,16 @@ def test_predictions_follow_the_contract(project: Project) -> None:
     assert result.rows == 300 and result.engine == "local"
     assert result.model_name == "dev.demo" and result.model_version == "1" and result.run_id
     t = store(project).read("predictions")
-    assert t.schema.names == ["id", "prediction", "model_name", "model_version", "run_id", "scored_at",
-                              "_batch_id", "out_of_range"]
+    assert t.schema.names == [
+        "id",
+        "prediction",
+        "model_name",
+        "model_version",
+        "run_id",
+        "scored_at",
+        "_batch_id",
+        "out_of_range",
+    ]
     assert t.schema.field("id").type == pa.int64()
     assert t.schema.field("prediction").type == pa.float64()
     assert t.schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
@@ -161,8 +177,9 @@ def test_nan_and_inf_predictions_are_out_of_range(project: Project) -> None:
 def test_classification_predictions_are_strings(project: Project) -> None:
     from loopline.batch import Champion, RowBuilder
 
-    cfg = project.config.model_copy(update={"model": project.config.model.model_copy(
-        update={"task": "classification"})})
+    cfg = project.config.model_copy(
+        update={"model": project.config.model.model_copy(update={"task": "classification"})}
+    )
     clf = Project(**{**project.__dict__, "config": cfg})
     champ = Champion(name="m", version="1", run_id="r", uri="models:/m/1", model=None)  # type: ignore[arg-type]
     builder = RowBuilder(clf, champ, "b", [pa.field("id", pa.int64())], chunk=2)
@@ -201,8 +218,13 @@ def test_fast_path_is_identical_to_pyfunc(project: Project) -> None:
 def test_query_input_and_its_default_batch_id(project: Project, tmp_path: Path) -> None:
     from loopline.batch import score
 
-    cfg = project.config.model_copy(update={"batch": project.config.batch.model_copy(
-        update={"query": "SELECT id, x1, x2, x3 FROM features WHERE id < 100"})})
+    cfg = project.config.model_copy(
+        update={
+            "batch": project.config.batch.model_copy(
+                update={"query": "SELECT id, x1, x2, x3 FROM features WHERE id < 100"}
+            )
+        }
+    )
     q = Project(**{**project.__dict__, "config": cfg})
     result = score(q)
     assert result.batch_id.startswith("query-") and result.rows == 100 and result.input_version is None
@@ -214,8 +236,7 @@ def test_input_batch_scores_only_those_rows(project: Project) -> None:
     from loopline.batch import score
 
     s = store(project)
-    s.append("features", make_features(n=40, seed=1, start=1000).set_column(
-        5, "_batch_id", pa.array(["f2"] * 40)))
+    s.append("features", make_features(n=40, seed=1, start=1000).set_column(5, "_batch_id", pa.array(["f2"] * 40)))
     result = score(project, input_batch="f2")
     assert result.batch_id == "features-f2" and result.rows == 40
     assert sorted(s.read("predictions").column("id").to_pylist()) == list(range(1000, 1040))
@@ -232,8 +253,11 @@ def test_missing_input_column_names_it_and_writes_nothing(project: Project) -> N
     from loopline.batch import score
 
     _with_features(project, make_features().drop_columns(["x2"]))
-    with pytest.raises(BatchError, match=r"table 'features' \(version 1\) is missing the model input column\(s\) "
-                                         r"\['x2'\]"):
+    with pytest.raises(
+        BatchError,
+        match=r"table 'features' \(version 1\) is missing the model input column\(s\) "
+        r"\['x2'\]",
+    ):
         score(project)
     assert not store(project).exists("predictions")
 
@@ -252,8 +276,11 @@ def test_type_the_signature_cannot_take(project: Project) -> None:
     t = make_features()
     t = t.set_column(t.schema.get_field_index("x3"), "x3", pa.array([str(v) for v in t.column("x3").to_pylist()]))
     _with_features(project, t)
-    with pytest.raises(BatchError, match=r"column 'x3' of table 'features' \(version 1\) is string, "
-                                         r"but the model's signature needs double"):
+    with pytest.raises(
+        BatchError,
+        match=r"column 'x3' of table 'features' \(version 1\) is string, "
+        r"but the model's signature needs double",
+    ):
         score(project)
     assert not store(project).exists("predictions")
 
@@ -308,8 +335,9 @@ def test_no_champion_names_the_model(project: Project) -> None:
 def test_query_that_writes_is_refused(project: Project) -> None:
     from loopline.batch import score
 
-    cfg = project.config.model_copy(update={"batch": project.config.batch.model_copy(
-        update={"query": "DELETE FROM features"})})
+    cfg = project.config.model_copy(
+        update={"batch": project.config.batch.model_copy(update={"query": "DELETE FROM features"})}
+    )
     with pytest.raises(BatchError, match=r"batch.query failed: only read-only queries are allowed"):
         score(Project(**{**project.__dict__, "config": cfg}))
     assert not store(project).exists("predictions")
@@ -325,7 +353,7 @@ def test_missing_input_table(project: Project) -> None:
 
 # ----------------------------------------------------------------------------- CLI
 def test_cli_run_batch_and_errors(project: Project) -> None:
-    from conftest import run_cli
+    from _support import run_cli
 
     ok = run_cli("run", "batch", "--project", str(project.root), "--batch-id", "cli-1")
     assert ok.returncode == 0, ok.stderr

@@ -16,8 +16,7 @@ from test_batch import copy_project, trained_project
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_spark_engine_matches_local_engine(java: str, tmp_path_factory: pytest.TempPathFactory,
-                                           tmp_path: Path) -> None:
+def test_spark_engine_matches_local_engine(java: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     from loopline.batch import score
 
     project = copy_project(trained_project(tmp_path_factory), tmp_path / "proj")

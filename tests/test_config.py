@@ -84,7 +84,8 @@ def test_unknown_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("gate: {prediction_range: [5, 1]}", r"gate must be prediction_range as \[min, max\] with min <= max"),
         (
             "schedules: {train: 'every day'}",
-            r"schedules.train must be a cron expression like '0 3 \* \* \*' \(minute hour day month weekday\), got 'every day'",
+            r"schedules.train must be a cron expression like '0 3 \* \* \*' \(minute hour day month weekday\), "
+            r"got 'every day'",
         ),
         ("trainig: {}", r"trainig is not a known key"),
         ("sources: {s: {kind: csv}}", r"sources.s must be a `path` \(kind csv needs one\)"),

@@ -21,15 +21,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize(
     ("hook", "reason"),
     [
-        ("lifehooks:train_raises", "candidate_scores: the candidate raises on predict (RuntimeError: boom: this model "
-                                   "is broken)"),
-        ("lifehooks:train_wrong_shape", "candidate_scores: the candidate returns the wrong output shape: expected "
-                                        "(80,), got (80, 2)"),
+        (
+            "lifehooks:train_raises",
+            "candidate_scores: the candidate raises on predict (RuntimeError: boom: this model is broken)",
+        ),
+        (
+            "lifehooks:train_wrong_shape",
+            "candidate_scores: the candidate returns the wrong output shape: expected (80,), got (80, 2)",
+        ),
     ],
 )
 def test_broken_candidate_fails_the_gate_with_the_reason(tmp_path: Path, hook: str, reason: str) -> None:
-    p = make_project(tmp_path, {"training": {"estimator": None, "hook": hook}},
-                     extra_files={"lifehooks.py": BROKEN_HOOKS})
+    p = make_project(
+        tmp_path, {"training": {"estimator": None, "hook": hook}}, extra_files={"lifehooks.py": BROKEN_HOOKS}
+    )
     r = train(p)  # never crashes
     assert not r.gate.passed and r.gate.failed_rules == [reason]
     c = tracking.client(p)
@@ -61,15 +66,21 @@ def test_candidate_that_fails_to_load(tmp_path: Path) -> None:
 
 
 def test_prediction_range_thresholds_and_champion_metrics(tmp_path: Path) -> None:
-    p = make_project(tmp_path, {"gate": {"prediction_range": [0.0, 5.0], "thresholds": {"mae": {"max": 0.01},
-                                                                                      "r2": {"min": 0.5}}}})
+    p = make_project(
+        tmp_path, {"gate": {"prediction_range": [0.0, 5.0], "thresholds": {"mae": {"max": 0.01}, "r2": {"min": 0.5}}}}
+    )
     r = train(p)
     rules = r.gate.failed_rules
     assert rules[0].startswith("prediction_range: ") and "test predictions outside [0, 5] (min " in rules[0]
     assert rules[1].startswith("threshold.mae: mae ") and rules[1].endswith("> max 0.01")
     assert len(rules) == 2  # r2 passes
-    assert r.gate.rules_checked == ["candidate_scores", "predictions_finite", "prediction_range", "threshold.mae",
-                                    "threshold.r2"]
+    assert r.gate.rules_checked == [
+        "candidate_scores",
+        "predictions_finite",
+        "prediction_range",
+        "threshold.mae",
+        "threshold.r2",
+    ]
 
 
 def test_improvement_over_champion_recorded_on_both(tmp_path: Path) -> None:
@@ -91,8 +102,11 @@ def test_improvement_over_champion_recorded_on_both(tmp_path: Path) -> None:
 
 def test_unknown_gate_metric_is_a_config_error(tmp_path: Path) -> None:
     p = make_project(tmp_path, {"gate": {"min_improvement": {"accuracy": {"absolute": 0.1}}}})
-    with pytest.raises(ConfigError, match=r"loopline.yaml: gate.min_improvement.accuracy is not a known regression "
-                                          r"metric"):
+    with pytest.raises(
+        ConfigError,
+        match=r"loopline.yaml: gate.min_improvement.accuracy is not a known regression "
+        r"metric",
+    ):
         train(p)
 
 
@@ -100,16 +114,29 @@ def test_metrics_and_direction() -> None:
     m = compute_metrics("regression", ["mae", "rmse", "mse", "r2"], [1.0, 2.0, 3.0], [1.0, 2.0, 5.0])
     assert m["mae"] == pytest.approx(2 / 3) and m["mse"] == pytest.approx(4 / 3)
     assert m["rmse"] == pytest.approx((4 / 3) ** 0.5)
-    c = compute_metrics("classification", ["accuracy", "f1", "log_loss", "roc_auc"], [0, 1, 1, 0], [0, 1, 0, 0],
-                        proba=__import__("numpy").array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]),
-                        classes=[0, 1])
+    c = compute_metrics(
+        "classification",
+        ["accuracy", "f1", "log_loss", "roc_auc"],
+        [0, 1, 1, 0],
+        [0, 1, 0, 0],
+        proba=__import__("numpy").array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]),
+        classes=[0, 1],
+    )
     assert c["accuracy"] == 0.75 and c["roc_auc"] == 1.0 and "log_loss" in c
     assert lower_is_better("mae") and lower_is_better("log_loss") and not lower_is_better("r2")
 
 
 def test_gate_result_renders_as_json() -> None:
-    g = GateResult(model="m", candidate_version="2", champion_version="1", passed=False, n_test=3,
-                   candidate_metrics={"mae": 1.5}, champion_metrics={"mae": 1.0}, failed_rules=["x"])
+    g = GateResult(
+        model="m",
+        candidate_version="2",
+        champion_version="1",
+        passed=False,
+        n_test=3,
+        candidate_metrics={"mae": 1.5},
+        champion_metrics={"mae": 1.0},
+        failed_rules=["x"],
+    )
     d = json.loads(json.dumps(g.to_dict()))
     assert d["verdict"] == "failed" and d["failed_rules"] == ["x"]
     assert g.rows() == [("mae", "1.5", "1")]
@@ -119,11 +146,14 @@ def test_classification_metrics_through_the_registry(tmp_path: Path) -> None:
     from _lifecycle import features_table
     from loopline.tables import DeltaStore
 
-    p = make_project(tmp_path, {
-        "model": {"task": "classification", "target": "label"},
-        "training": {"estimator": None, "params": {"max_iter": 10}},  # default: HistGradientBoostingClassifier
-        "gate": None,
-    })
+    p = make_project(
+        tmp_path,
+        {
+            "model": {"task": "classification", "target": "label"},
+            "training": {"estimator": None, "params": {"max_iter": 10}},  # default: HistGradientBoostingClassifier
+            "gate": None,
+        },
+    )
     t = features_table()
     label = (t.column("y").to_numpy() > 7.5).astype("int64")
     DeltaStore(p.storage_root).overwrite("features", t.drop(["y"]).append_column("label", [label]))

@@ -59,9 +59,11 @@ def test_publish_twice_gives_the_same_rows(scored: Project, pg_url: str) -> None
             "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = 'predictions'::regclass AND i.indisprimary "
             "ORDER BY a.attname"
         ).fetchall()
-        types = dict(conn.execute(
-            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'predictions'"
-        ).fetchall())
+        types = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'predictions'"
+            ).fetchall()
+        )
     assert [r[0] for r in pk] == ["_batch_id", "id"]
     assert types["prediction"] == "double precision" and types["scored_at"] == "timestamp with time zone"
     assert types["id"] == "bigint" and types["out_of_range"] == "boolean"
@@ -83,12 +85,15 @@ def test_rescored_batch_updates_and_drops_vanished_keys(scored: Project, pg_url:
 
 
 def test_unreachable_server_names_url_without_password(scored: Project) -> None:
-    from conftest import free_port
+    from _support import free_port
     from loopline.publish import publish
 
     url = f"postgresql://alice:s3cret@127.0.0.1:{free_port()}/warehouse"
-    with pytest.raises(LooplineError, match=r"cannot connect to PostgreSQL at "
-                                            r"postgresql://alice:\*\*\*@127\.0\.0\.1:\d+/warehouse") as err:
+    with pytest.raises(
+        LooplineError,
+        match=r"cannot connect to PostgreSQL at "
+        r"postgresql://alice:\*\*\*@127\.0\.0\.1:\d+/warehouse",
+    ) as err:
         publish(scored, to=url)
     assert "s3cret" not in str(err.value) and "Hint:" in str(err.value)
 
@@ -101,13 +106,12 @@ def test_not_a_postgres_url(scored: Project) -> None:
 
 
 def test_cli_publish(scored: Project, pg_url: str) -> None:
-    from conftest import run_cli
+    from _support import run_cli
 
     for _ in range(2):
         res = run_cli("publish", "predictions", "--to", pg_url, "--table", "preds", "--project", str(scored.root))
         assert res.returncode == 0, res.stderr
     assert "0 inserted, 0 updated" in res.stdout
     assert len(_rows(pg_url, "preds")) == 300
-    bad = run_cli("publish", "predictions", "--to", "postgresql://nobody@127.0.0.1:1/x", "--project",
-                  str(scored.root))
+    bad = run_cli("publish", "predictions", "--to", "postgresql://nobody@127.0.0.1:1/x", "--project", str(scored.root))
     assert bad.returncode == 1 and "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/x" in bad.stderr

@@ -31,16 +31,24 @@ def test_promote_refuse_force_rollback_retire_with_audit(tmp_path: Path, monkeyp
     v1 = train(p)
     assert v1.gate.passed and v1.version == "1"
     e = registry.promote(p)
-    assert (e.action, e.from_version, e.to_version, e.gate_verdict, e.actor) == ("promote", None, "1", "passed",
-                                                                                  "alice")
+    assert (e.action, e.from_version, e.to_version, e.gate_verdict, e.actor) == (
+        "promote",
+        None,
+        "1",
+        "passed",
+        "alice",
+    )
     assert champion(p) == "1" and tracking.alias_version(p, "challenger") is None
     with pytest.raises(RegistryError, match=r"version 1 is already @champion of dev.demo"):
         registry.promote(p, version=1)
 
     worse = train(p, params_override={"max_iter": 1})
     assert not worse.gate.passed and champion(p) == "1"
-    with pytest.raises(RegistryError, match=r"version 2 of dev.demo has not passed the gate \(verdict: failed; "
-                                            r"failed rules: min_improvement.mae"):
+    with pytest.raises(
+        RegistryError,
+        match=r"version 2 of dev.demo has not passed the gate \(verdict: failed; "
+        r"failed rules: min_improvement.mae",
+    ):
         registry.promote(p, version=2)
     with pytest.raises(RegistryError, match=r"a forced promotion of dev.demo needs a reason"):
         registry.promote(p, version=2, force=True)
@@ -54,11 +62,18 @@ def test_promote_refuse_force_rollback_retire_with_audit(tmp_path: Path, monkeyp
     assert champion(p) == "3"
 
     back = registry.rollback(p, reason="latency regression")
-    assert (back.action, back.from_version, back.to_version, back.reason) == ("rollback", "3", "1",
-                                                                               "latency regression")
+    assert (back.action, back.from_version, back.to_version, back.reason) == (
+        "rollback",
+        "3",
+        "1",
+        "latency regression",
+    )
     assert champion(p) == "1"
-    with pytest.raises(RegistryError, match=r"registered model 'dev.demo' has no previous champion to roll back to "
-                                            r"in the audit log \(@champion is version 1\)"):
+    with pytest.raises(
+        RegistryError,
+        match=r"registered model 'dev.demo' has no previous champion to roll back to "
+        r"in the audit log \(@champion is version 1\)",
+    ):
         registry.rollback(p)
 
     forced = registry.promote(p, version=2, force=True, reason="hotfix for a known data issue")
@@ -74,8 +89,11 @@ def test_promote_refuse_force_rollback_retire_with_audit(tmp_path: Path, monkeyp
     with pytest.raises(RegistryError, match=r"version 1 of dev.demo is already retired"):
         registry.retire(p, 1)
     # rollbacks pop the champion stack: 3 was rolled back from, 1 is retired, so nothing is left to roll back to
-    with pytest.raises(RegistryError, match=r"no previous champion to roll back to in the audit log \(it has no "
-                                            r"@champion\)"):
+    with pytest.raises(
+        RegistryError,
+        match=r"no previous champion to roll back to in the audit log \(it has no "
+        r"@champion\)",
+    ):
         registry.rollback(p)
     assert registry.promote(p, version=3).from_version is None
 
@@ -95,8 +113,17 @@ def test_promote_refuse_force_rollback_retire_with_audit(tmp_path: Path, monkeyp
 
     table = DeltaStore(p.storage_root).read("registry_events")
     assert table.schema.field("timestamp").type.tz == "UTC" and table.num_rows == 7
-    assert table.schema.names == ["timestamp", "actor", "model", "alias", "from_version", "to_version", "action",
-                                  "reason", "gate_verdict"]
+    assert table.schema.names == [
+        "timestamp",
+        "actor",
+        "model",
+        "alias",
+        "from_version",
+        "to_version",
+        "action",
+        "reason",
+        "gate_verdict",
+    ]
 
 
 def test_copy_staging_champion_to_prod_separate_registries(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from conftest import run_cli
+from _support import run_cli
 from loopline.config import Project, load_project
 from loopline.errors import ReviewError
 from loopline.review import clear, flagged, label

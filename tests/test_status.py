@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from conftest import free_port, run_cli
+from _support import free_port, run_cli
 from loopline.config import Project, load_project
 from loopline.errors import LooplineError
 from loopline.jobs import RunRecord, append_run

@@ -121,7 +121,8 @@ CRASHING_WRITER = textwrap.dedent(
     schema = pa.schema([("_batch_id", pa.string()), ("id", pa.int64()), ("v", pa.float64())])
     def gen():
         for i in range(10_000):
-            yield pa.record_batch([pa.array(["a"] * 50_000), pa.array(np.arange(50_000)), pa.array(np.random.rand(50_000))], schema=schema)
+            cols = [pa.array(["a"] * 50_000), pa.array(np.arange(50_000)), pa.array(np.random.rand(50_000))]
+            yield pa.record_batch(cols, schema=schema)
             time.sleep(0.005)
     DeltaStore(sys.argv[1]).replace_batch("raw", pa.RecordBatchReader.from_batches(schema, gen()), "a")
     """

@@ -37,8 +37,16 @@ def test_train_records_everything_and_passes_the_gate_without_champion(tmp_path:
     assert json.loads(tags["loopline.split"])["method"] == "time"
     assert tags["loopline.gate.verdict"] == "passed"
     assert params == {"max_iter": "15", "random_state": "0"}
-    for m in ("valid_mae", "valid_rmse", "valid_r2", "test_mae", "test_rmse", "test_r2", "training_duration_s",
-              "gate_candidate_mae"):
+    for m in (
+        "valid_mae",
+        "valid_rmse",
+        "valid_r2",
+        "test_mae",
+        "test_rmse",
+        "test_r2",
+        "training_duration_s",
+        "gate_candidate_mae",
+    ):
         assert m in metrics
     assert metrics["test_mae"] == pytest.approx(r.gate.candidate_metrics["mae"])
     assert run.info.experiment_id == c.get_experiment_by_name("/demo/dev").experiment_id
@@ -80,8 +88,11 @@ def test_max_depth_minus_three_is_a_config_error(tmp_path: Path) -> None:
     assert exc.value.message == (
         "loopline.yaml: training.params.max_depth must be an int in the range [1, inf) or None, got -3"
     )
-    with pytest.raises(ConfigError, match=r"training.params.max_deep is not a parameter of "
-                                          r"HistGradientBoostingRegressor"):
+    with pytest.raises(
+        ConfigError,
+        match=r"training.params.max_deep is not a parameter of "
+        r"HistGradientBoostingRegressor",
+    ):
         train(p, params_override={"max_deep": 3})
     # nothing reached MLflow
     assert tracking.client(p).search_model_versions("name = 'dev.demo'") == []
@@ -92,8 +103,11 @@ def test_estimator_and_split_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"training.estimator 'sklearn.ensemble.NoSuchRegressor' cannot be imported"):
         train(p)
     p = make_project(tmp_path / "b", {"model": {"time_column": None}})
-    with pytest.raises(ConfigError, match=r"training.split.method is time, but neither training.split.column nor "
-                                          "model.time_column is set"):
+    with pytest.raises(
+        ConfigError,
+        match=r"training.split.method is time, but neither training.split.column nor "
+        "model.time_column is set",
+    ):
         train(p)
     p = make_project(tmp_path / "c", {"model": {"target": "label"}})
     with pytest.raises(TrainingError, match=r"has no target column 'label'"):
@@ -118,8 +132,13 @@ def test_split_random_is_seeded_and_time_split_puts_latest_rows_in_test() -> Non
 
 
 def test_optuna_search_logs_nested_trials_and_refits_best(tmp_path: Path) -> None:
-    search = {"n_trials": 3, "space": {"max_iter": {"type": "int", "low": 5, "high": 30},
-                                       "learning_rate": {"type": "float", "low": 0.05, "high": 0.3, "log": True}}}
+    search = {
+        "n_trials": 3,
+        "space": {
+            "max_iter": {"type": "int", "low": 5, "high": 30},
+            "learning_rate": {"type": "float", "low": 0.05, "high": 0.3, "log": True},
+        },
+    }
     p = make_project(tmp_path, {"training": {"search": search}})
     r = train(p)
     assert r.trials == 3 and r.gate.passed
@@ -132,16 +151,23 @@ def test_optuna_search_logs_nested_trials_and_refits_best(tmp_path: Path) -> Non
 
 
 def test_hook_training_and_lightgbm(tmp_path: Path) -> None:
-    p = make_project(tmp_path / "h", {"training": {"estimator": None, "hook": "lifehooks:train_ok"}},
-                     extra_files={"lifehooks.py": BROKEN_HOOKS})
+    p = make_project(
+        tmp_path / "h",
+        {"training": {"estimator": None, "hook": "lifehooks:train_ok"}},
+        extra_files={"lifehooks.py": BROKEN_HOOKS},
+    )
     r = train(p)
     assert r.gate.passed and r.metrics["test_mae"] < 1.0
-    p = make_project(tmp_path / "l", {"training": {"estimator": "lightgbm.LGBMRegressor",
-                                                   "params": {"n_estimators": 20, "verbose": -1}}})
+    p = make_project(
+        tmp_path / "l",
+        {"training": {"estimator": "lightgbm.LGBMRegressor", "params": {"n_estimators": 20, "verbose": -1}}},
+    )
     r = train(p)
     assert r.gate.passed
-    reqs = (Path(mlflow.artifacts.download_artifacts("models:/dev.demo/1", dst_path=str(tmp_path / "dl")))
-            / "requirements.txt").read_text()
+    reqs = (
+        Path(mlflow.artifacts.download_artifacts("models:/dev.demo/1", dst_path=str(tmp_path / "dl")))
+        / "requirements.txt"
+    ).read_text()
     assert "lightgbm==" in reqs
 
 
@@ -161,8 +187,9 @@ def test_git_info_of_the_project_folder(tmp_path: Path) -> None:
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "a.txt").write_text("a")
     subprocess.run(["git", "-C", str(tmp_path), "add", "a.txt"], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"],
-                   check=True)
+    subprocess.run(
+        ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x"], check=True
+    )
     commit, dirty = git_info(tmp_path)
     assert len(commit) == 40 and dirty == "false"
     (tmp_path / ".loopline").mkdir()
@@ -175,7 +202,7 @@ def test_git_info_of_the_project_folder(tmp_path: Path) -> None:
 def test_cli_train_promote_and_gate_refusal_exit_code(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from conftest import run_cli
+    from _support import run_cli
     from loopline.cli import _register, app
     from loopline.errors import RegistryError
 
@@ -196,8 +223,10 @@ def test_cli_train_promote_and_gate_refusal_exit_code(tmp_path: Path) -> None:
     assert data["gate"]["failed_rules"][0].startswith("min_improvement.mae: candidate mae")
     refused = runner.invoke(app, ["promote", "--version", "2", "--project", str(tmp_path)])
     assert isinstance(refused.exception, RegistryError)
-    assert "version 2 of dev.demo has not passed the gate (verdict: failed; failed rules: min_improvement.mae" \
+    assert (
+        "version 2 of dev.demo has not passed the gate (verdict: failed; failed rules: min_improvement.mae"
         in refused.exception.message
+    )
     hist = runner.invoke(app, ["history", "--project", str(tmp_path), "--json"])
     rows = json.loads(hist.output)
     assert [(r["action"], r["to_version"]) for r in rows] == [("promote", "1")]

@@ -44,8 +44,10 @@ _ACCEPTS: dict[str, tuple[pa.DataType | None, Callable[[pa.DataType], bool]]] = 
     "long": (pa.int64(), lambda t: pa.types.is_integer(t) and not t.equals(pa.uint64())),
     "integer": (pa.int32(), lambda t: t in (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16())),
     "boolean": (pa.bool_(), pa.types.is_boolean),
-    "string": (pa.string(), lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
-               or pa.types.is_string_view(t)),
+    "string": (
+        pa.string(),
+        lambda t: pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t),
+    ),
     "binary": (pa.binary(), lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
     "datetime": (None, lambda t: pa.types.is_timestamp(t) or pa.types.is_date(t)),
 }
@@ -246,8 +248,9 @@ class Predictor:
         except LooplineError:
             raise
         except Exception as exc:
-            raise BatchError(f"the model raised on a batch of {n} rows from {self.where}: "
-                             f"{type(exc).__name__}: {exc}") from exc
+            raise BatchError(
+                f"the model raised on a batch of {n} rows from {self.where}: {type(exc).__name__}: {exc}"
+            ) from exc
         return _as_1d(pred, n)
 
 
@@ -259,8 +262,9 @@ def workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def predict_stream(predict: Predictor, source: Iterable[pa.RecordBatch],
-                   threads: int | None = None) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+def predict_stream(
+    predict: Predictor, source: Iterable[pa.RecordBatch], threads: int | None = None
+) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
     """(batch, predictions) in input order.
 
     On the fast path the raw scikit-learn model predicts several batches at once, one thread each,
@@ -316,23 +320,26 @@ def _as_1d(pred: Any, n: int) -> np.ndarray:
 class RowBuilder:
     """Turns (key columns, predictions) into ``predictions`` rows of the contract's schema."""
 
-    def __init__(self, project: Project, champion: Champion, batch_id: str, key_fields: list[pa.Field],
-                 chunk: int) -> None:
+    def __init__(
+        self, project: Project, champion: Champion, batch_id: str, key_fields: list[pa.Field], chunk: int
+    ) -> None:
         cfg = project.config
         self.task = cfg.model.task
         self.keys = [f.name for f in key_fields]
         self.range = cfg.gate.prediction_range
         self.pred_type = pa.float64() if self.task == "regression" else pa.string()
-        self.schema = pa.schema([
-            *key_fields,
-            pa.field("prediction", self.pred_type),
-            pa.field("model_name", pa.string()),
-            pa.field("model_version", pa.string()),
-            pa.field("run_id", pa.string()),
-            pa.field("scored_at", pa.timestamp("us", tz="UTC")),
-            pa.field("_batch_id", pa.string()),
-            pa.field("out_of_range", pa.bool_()),
-        ])
+        self.schema = pa.schema(
+            [
+                *key_fields,
+                pa.field("prediction", self.pred_type),
+                pa.field("model_name", pa.string()),
+                pa.field("model_version", pa.string()),
+                pa.field("run_id", pa.string()),
+                pa.field("scored_at", pa.timestamp("us", tz="UTC")),
+                pa.field("_batch_id", pa.string()),
+                pa.field("out_of_range", pa.bool_()),
+            ]
+        )
         self.scored_at = datetime.now(UTC)
         self._chunk = max(1, chunk)
         zeros = pa.array(np.zeros(self._chunk, dtype=np.int32))
@@ -359,7 +366,8 @@ class RowBuilder:
             except (TypeError, ValueError):
                 raise BatchError(
                     f"the model returned non-numeric predictions (dtype {np.asarray(pred).dtype}) "
-                    "for a regression model", hint="set model.task: classification if it predicts labels",
+                    "for a regression model",
+                    hint="set model.task: classification if it predicts labels",
                 ) from None
             bad = ~np.isfinite(p)
             if self.range is not None:
@@ -373,11 +381,9 @@ class RowBuilder:
             flag = pa.array(np.zeros(n, dtype=bool), pa.bool_())
         cols = [keys.column(k) for k in self.keys]
         cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in cols]
-        cols = [c.cast(f.type) if not c.type.equals(f.type) else c
-                for c, f in zip(cols, self.schema, strict=False)]
+        cols = [c.cast(f.type) if not c.type.equals(f.type) else c for c, f in zip(cols, self.schema, strict=False)]
         names = ["model_name", "model_version", "run_id", "scored_at", "_batch_id"]
-        return pa.record_batch([*cols, prediction, *(self._constant(c, n) for c in names), flag],
-                               schema=self.schema)
+        return pa.record_batch([*cols, prediction, *(self._constant(c, n) for c in names), flag], schema=self.schema)
 
 
 # ----------------------------------------------------------------------------- input
@@ -391,8 +397,9 @@ def default_batch_id(project: Project, store: DeltaStore, version: int | None) -
     return f"query-{digest}"
 
 
-def open_input(project: Project, store: DeltaStore, columns: Callable[[pa.Schema, str], list[str]],
-               input_batch: str | None = None) -> InputStream:
+def open_input(
+    project: Project, store: DeltaStore, columns: Callable[[pa.Schema, str], list[str]], input_batch: str | None = None
+) -> InputStream:
     """Open ``batch.input`` at its current version (pinned) or run ``batch.query``; ``columns`` checks the schema.
 
     ``input_batch`` keeps only the input rows whose ``_batch_id`` is that value (e.g. one ingested month).
@@ -418,25 +425,33 @@ def open_input(project: Project, store: DeltaStore, columns: Callable[[pa.Schema
             reader = pa.RecordBatchReader.from_batches(pa.schema([src.schema.field(c) for c in wanted]), select())
         return InputStream(where, None, reader, None)
     if input_batch is not None and b.query:
-        raise BatchError("--input-batch filters batch.input by _batch_id; it cannot be combined with batch.query",
-                         hint="filter in the query instead")
+        raise BatchError(
+            "--input-batch filters batch.input by _batch_id; it cannot be combined with batch.query",
+            hint="filter in the query instead",
+        )
     where = f"table {b.input!r}"
     if not store.exists(b.input):
-        raise BatchError(f"{where} does not exist at {store.uri(b.input)}",
-                         hint="build it first (loopline run ingest / features) or set batch.input")
+        raise BatchError(
+            f"{where} does not exist at {store.uri(b.input)}",
+            hint="build it first (loopline run ingest / features) or set batch.input",
+        )
     dt = store.table(b.input)
     version = int(dt.version())
     schema = pa.schema(dt.schema().to_arrow())  # type: ignore[arg-type]
     wanted = columns(schema, f"{where} (version {version})")
     if input_batch is not None:
         if "_batch_id" not in schema.names:
-            raise BatchError(f"{where} (version {version}) has no _batch_id column to select input batch "
-                             f"{input_batch!r} from")
+            raise BatchError(
+                f"{where} (version {version}) has no _batch_id column to select input batch {input_batch!r} from"
+            )
         import pyarrow.dataset as ds
 
         scanner = dt.to_pyarrow_dataset().scanner(
-            columns=wanted, filter=ds.field("_batch_id") == input_batch, batch_size=b.batch_size,
-            batch_readahead=2, fragment_readahead=1,
+            columns=wanted,
+            filter=ds.field("_batch_id") == input_batch,
+            batch_size=b.batch_size,
+            batch_readahead=2,
+            fragment_readahead=1,
         )
         where = f"{where} (version {version}, _batch_id {input_batch!r})"
         return InputStream(where, version, scanner.to_reader(), None)
@@ -448,8 +463,9 @@ def open_input(project: Project, store: DeltaStore, columns: Callable[[pa.Schema
     return InputStream(f"{where} (version {version})", version, reader, total)
 
 
-def _snapshot_reader(store: DeltaStore, dt: Any, schema: pa.Schema, wanted: list[str], size: int
-                     ) -> pa.RecordBatchReader:
+def _snapshot_reader(
+    store: DeltaStore, dt: Any, schema: pa.Schema, wanted: list[str], size: int
+) -> pa.RecordBatchReader:
     """Stream the pinned snapshot's Parquet files with bounded memory.
 
     For a local, unpartitioned table without deletion vectors or column mapping, each data file is
@@ -462,11 +478,15 @@ def _snapshot_reader(store: DeltaStore, dt: Any, schema: pa.Schema, wanted: list
 
     target = pa.schema([schema.field(c) for c in wanted])
     features = set(getattr(dt.protocol(), "reader_features", None) or [])
-    plain = ("://" not in store.root and not dt.metadata().partition_columns
-             and not features & {"deletionVectors", "columnMapping"})
+    plain = (
+        "://" not in store.root
+        and not dt.metadata().partition_columns
+        and not features & {"deletionVectors", "columnMapping"}
+    )
     if not plain:
-        scanner = dt.to_pyarrow_dataset().scanner(columns=wanted, batch_size=size, batch_readahead=2,
-                                                  fragment_readahead=1)
+        scanner = dt.to_pyarrow_dataset().scanner(
+            columns=wanted, batch_size=size, batch_readahead=2, fragment_readahead=1
+        )
         return scanner.to_reader()  # type: ignore[no-any-return]
     files = list(dt.file_uris())
 
@@ -505,8 +525,9 @@ def peek(source: Iterator[pa.RecordBatch], where: str) -> Iterator[pa.RecordBatc
     return chained()
 
 
-def write_stream(store: DeltaStore, batch_id: str, schema: pa.Schema, rows: Iterator[pa.RecordBatch],
-                 **meta: Any) -> int:
+def write_stream(
+    store: DeltaStore, batch_id: str, schema: pa.Schema, rows: Iterator[pa.RecordBatch], **meta: Any
+) -> int:
     """Stream ``rows`` into ``predictions`` as one replace-where commit on ``_batch_id``.
 
     delta-rs consumes the RecordBatchReader incrementally (measured: 10M rows in ~400 MB peak). An
@@ -531,14 +552,22 @@ def write_stream(store: DeltaStore, batch_id: str, schema: pa.Schema, rows: Iter
                 raise err from None
             if isinstance(err, KeyboardInterrupt):
                 raise err from None
-            raise BatchError(f"batch {batch_id!r} failed while scoring ({type(err).__name__}: {err}); "
-                             "nothing was written") from err
+            raise BatchError(
+                f"batch {batch_id!r} failed while scoring ({type(err).__name__}: {err}); nothing was written"
+            ) from err
         raise
 
 
 # ----------------------------------------------------------------------------- the job
-def score(project: Project, batch_id: str | None = None, progress: ProgressFn | None = None,
-          *, engine: str | None = None, input_batch: str | None = None, fast: bool = True) -> BatchResult:
+def score(
+    project: Project,
+    batch_id: str | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    engine: str | None = None,
+    input_batch: str | None = None,
+    fast: bool = True,
+) -> BatchResult:
     """Score the input with the champion and write ``predictions`` in one Delta commit.
 
     ``engine`` overrides ``batch.engine`` (``local`` or ``spark``). ``input_batch`` scores only the
@@ -587,14 +616,29 @@ def score(project: Project, batch_id: str | None = None, progress: ProgressFn | 
     with warnings.catch_warnings():  # a model fitted on a DataFrame, given the same columns as numpy
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         version = write_stream(
-            store, bid, builder.schema, rows(),
-            model=champion.name, model_version=champion.version, input=stream.name, input_version=stream.version,
+            store,
+            bid,
+            builder.schema,
+            rows(),
+            model=champion.name,
+            model_version=champion.version,
+            input=stream.name,
+            input_version=stream.version,
             engine="local",
         )
     return BatchResult(
-        batch_id=bid, rows=counts["rows"], out_of_range=counts["out"], model_name=champion.name,
-        model_version=champion.version, run_id=champion.run_id, input=stream.name, input_version=stream.version,
-        table_version=version, engine="local", seconds=time.perf_counter() - started, load_seconds=loaded,
+        batch_id=bid,
+        rows=counts["rows"],
+        out_of_range=counts["out"],
+        model_name=champion.name,
+        model_version=champion.version,
+        run_id=champion.run_id,
+        input=stream.name,
+        input_version=stream.version,
+        table_version=version,
+        engine="local",
+        seconds=time.perf_counter() - started,
+        load_seconds=loaded,
     )
 
 

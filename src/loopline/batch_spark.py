@@ -45,8 +45,15 @@ from loopline.tables import DeltaStore, run_readonly_sql
 if TYPE_CHECKING:
     from loopline.config import Project
 
-_SPARK_TYPES = {"double": "double", "float": "float", "long": "bigint", "integer": "int", "boolean": "boolean",
-                "string": "string", "binary": "binary"}
+_SPARK_TYPES = {
+    "double": "double",
+    "float": "float",
+    "long": "bigint",
+    "integer": "int",
+    "boolean": "boolean",
+    "string": "string",
+    "binary": "binary",
+}
 
 
 def spark_session(master: str) -> Any:
@@ -85,8 +92,10 @@ def _input_frame(
     b = project.config.batch
     keys = project.config.model.keys
     if b.query and input_batch is not None:
-        raise BatchError("--input-batch filters batch.input by _batch_id; it cannot be combined with batch.query",
-                         hint="filter in the query instead")
+        raise BatchError(
+            "--input-batch filters batch.input by _batch_id; it cannot be combined with batch.query",
+            hint="filter in the query instead",
+        )
     if b.query:
         where = "batch.query"
         try:
@@ -100,8 +109,10 @@ def _input_frame(
             raise BatchError(f"{where} has no rows to score", hint="nothing was written; check the query")
         return spark.createDataFrame(table), inputs, where, None, table.schema
     if not store.exists(b.input):
-        raise BatchError(f"table {b.input!r} does not exist at {store.uri(b.input)}",
-                         hint="build it first (loopline run ingest / features) or set batch.input")
+        raise BatchError(
+            f"table {b.input!r} does not exist at {store.uri(b.input)}",
+            hint="build it first (loopline run ingest / features) or set batch.input",
+        )
     dt = store.table(b.input)
     version = int(dt.version())
     where = f"table {b.input!r} (version {version})"
@@ -131,8 +142,9 @@ def _input_frame(
     return frame, inputs, where, version, schema
 
 
-def score_spark(project: Project, batch_id: str | None = None, progress: ProgressFn | None = None,
-                input_batch: str | None = None) -> BatchResult:
+def score_spark(
+    project: Project, batch_id: str | None = None, progress: ProgressFn | None = None, input_batch: str | None = None
+) -> BatchResult:
     """Score with Spark + ``mlflow.pyfunc.spark_udf``; write ``predictions`` in one Delta commit."""
     started = time.perf_counter()
     try:
@@ -182,8 +194,11 @@ def score_spark(project: Project, batch_id: str | None = None, progress: Progres
                 if not rb.num_rows:
                     continue
                 col = rb.column("prediction")
-                pred = col.to_numpy(zero_copy_only=False) if result_type == "double" else np.asarray(
-                    col.to_pylist(), dtype=object)
+                pred = (
+                    col.to_numpy(zero_copy_only=False)
+                    if result_type == "double"
+                    else np.asarray(col.to_pylist(), dtype=object)
+                )
                 out = builder.build(rb, pred)
                 counts["rows"] += rb.num_rows
                 counts["out"] += int(np.count_nonzero(out.column("out_of_range").to_numpy(zero_copy_only=False)))
@@ -192,15 +207,31 @@ def score_spark(project: Project, batch_id: str | None = None, progress: Progres
                 yield out
 
         table_version = write_stream(
-            store, bid, builder.schema, rows(),
-            model=champion.name, model_version=champion.version, input=where, input_version=version, engine="spark",
+            store,
+            bid,
+            builder.schema,
+            rows(),
+            model=champion.name,
+            model_version=champion.version,
+            input=where,
+            input_version=version,
+            engine="spark",
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return BatchResult(
-        batch_id=bid, rows=counts["rows"], out_of_range=counts["out"], model_name=champion.name,
-        model_version=champion.version, run_id=champion.run_id, input=where, input_version=version,
-        table_version=table_version, engine="spark", seconds=time.perf_counter() - started, load_seconds=loaded,
+        batch_id=bid,
+        rows=counts["rows"],
+        out_of_range=counts["out"],
+        model_name=champion.name,
+        model_version=champion.version,
+        run_id=champion.run_id,
+        input=where,
+        input_version=version,
+        table_version=table_version,
+        engine="spark",
+        seconds=time.perf_counter() - started,
+        load_seconds=loaded,
     )
 
 

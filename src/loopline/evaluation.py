@@ -301,8 +301,9 @@ def gate(
 
     champion = tracking.alias_version(project, tracking.CHAMPION)
     champ_version = str(champion.version) if champion is not None else None
-    result = GateResult(model=name, candidate_version=version, champion_version=champ_version, passed=False,
-                        n_test=len(test_df))
+    result = GateResult(
+        model=name, candidate_version=version, champion_version=champ_version, passed=False, n_test=len(test_df)
+    )
 
     cand = _score(f"models:/{name}/{version}", X, task)
     result.rules_checked.append("candidate_scores")
@@ -327,13 +328,13 @@ def gate(
             result.notes.append(f"champion v{champ_version} {champ.error}; only absolute thresholds applied")
         else:
             try:
-                result.champion_metrics = compute_metrics(task, names, y, champ.predictions, champ.proba,
-                                                          champ.classes)
+                result.champion_metrics = compute_metrics(task, names, y, champ.predictions, champ.proba, champ.classes)
             except Exception as exc:
                 result.notes.append(f"champion v{champ_version} metrics failed ({type(exc).__name__}: {_short(exc)})")
             if cand.error is None and result.champion_metrics:
-                checked, failed = _improvement_rules(project, result.candidate_metrics, result.champion_metrics,
-                                                     champ_version)
+                checked, failed = _improvement_rules(
+                    project, result.candidate_metrics, result.champion_metrics, champ_version
+                )
                 result.rules_checked += checked
                 result.failed_rules += failed
     elif champ_version is None:
@@ -367,10 +368,14 @@ def record(project: Project, result: GateResult) -> None:
             from mlflow.entities import Metric, RunTag
 
             now = _now_ms()
-            metrics = [Metric(f"gate_candidate_{m}", v, now, 0) for m, v in result.candidate_metrics.items()
-                       if not math.isnan(v)]
-            metrics += [Metric(f"gate_champion_{m}", v, now, 0) for m, v in result.champion_metrics.items()
-                        if not math.isnan(v)]
+            metrics = [
+                Metric(f"gate_candidate_{m}", v, now, 0)
+                for m, v in result.candidate_metrics.items()
+                if not math.isnan(v)
+            ]
+            metrics += [
+                Metric(f"gate_champion_{m}", v, now, 0) for m, v in result.champion_metrics.items() if not math.isnan(v)
+            ]
             c.log_batch(mv.run_id, metrics=metrics, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
         if result.passed:
             c.set_registered_model_alias(name, tracking.CHALLENGER, version)

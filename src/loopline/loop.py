@@ -155,7 +155,7 @@ def loop(
     since: datetime | None = None,
     until: datetime | None = None,
     scheduled: bool = False,
-    params: dict[str, str] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> LoopResult:
     """One turn of the loop; see the module docstring. ``scheduled`` = the schedule says retrain."""
     from loopline import registry, status, tracking
@@ -255,7 +255,7 @@ def loop(
         log.flush()
 
 
-def _refresh_data(project: Project, store: DeltaStore, log: Decisions, params: dict[str, str] | None) -> None:
+def _refresh_data(project: Project, store: DeltaStore, log: Decisions, params: dict[str, Any] | None) -> None:
     """Ingest the retraining source (if configured) and fold feedback labels into the features."""
     source = project.config.retraining.source
     if source:

@@ -70,10 +70,20 @@ def pg_type(field: pa.Field) -> str:
     if pa.types.is_dictionary(t):
         t = t.value_type
     simple = {
-        pa.int8(): "smallint", pa.int16(): "smallint", pa.uint8(): "smallint", pa.int32(): "integer",
-        pa.uint16(): "integer", pa.int64(): "bigint", pa.uint32(): "bigint", pa.uint64(): "numeric(20,0)",
-        pa.float16(): "real", pa.float32(): "real", pa.float64(): "double precision", pa.bool_(): "boolean",
-        pa.date32(): "date", pa.date64(): "date",
+        pa.int8(): "smallint",
+        pa.int16(): "smallint",
+        pa.uint8(): "smallint",
+        pa.int32(): "integer",
+        pa.uint16(): "integer",
+        pa.int64(): "bigint",
+        pa.uint32(): "bigint",
+        pa.uint64(): "numeric(20,0)",
+        pa.float16(): "real",
+        pa.float32(): "real",
+        pa.float64(): "double precision",
+        pa.bool_(): "boolean",
+        pa.date32(): "date",
+        pa.date64(): "date",
     }
     if t in simple:
         return simple[t]
@@ -92,8 +102,9 @@ def pg_type(field: pa.Field) -> str:
 def _target(name: str) -> tuple[str | None, str]:
     parts = name.split(".")
     if len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
-        raise PublishError(f"target table {name!r} is not a valid name",
-                           hint="use letters, digits and _, optionally as schema.table")
+        raise PublishError(
+            f"target table {name!r} is not a valid name", hint="use letters, digits and _, optionally as schema.table"
+        )
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
@@ -103,8 +114,9 @@ def _connect(url: str) -> Any:
     safe = redact(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in ("postgresql", "postgres"):
-        raise PublishError(f"--to must be a postgresql:// URL, got {safe!r}",
-                           hint="e.g. postgresql://user:password@host:5432/database")
+        raise PublishError(
+            f"--to must be a postgresql:// URL, got {safe!r}", hint="e.g. postgresql://user:password@host:5432/database"
+        )
     try:
         return psycopg.connect(url, connect_timeout=5)
     except (psycopg.Error, ValueError) as exc:
@@ -139,14 +151,17 @@ def publish(
     schema_name, name = _target(target_table or table)
     store = DeltaStore(project.storage_root, project.storage_options)
     if not store.exists(table):
-        raise PublishError(f"table {table!r} does not exist at {store.uri(table)}",
-                           hint="write it first, e.g. loopline run batch")
+        raise PublishError(
+            f"table {table!r} does not exist at {store.uri(table)}", hint="write it first, e.g. loopline run batch"
+        )
     version = store.version(table)
     arrow_schema = store.schema(table)
     keys = list(project.config.model.keys)
     if not keys:
-        raise PublishError(f"model.keys is empty in {project.config_path.name}: publishing {table!r} upserts by key",
-                           hint="list the columns identifying a row under model.keys")
+        raise PublishError(
+            f"model.keys is empty in {project.config_path.name}: publishing {table!r} upserts by key",
+            hint="list the columns identifying a row under model.keys",
+        )
     pk = [*keys, "_batch_id"] if "_batch_id" in arrow_schema.names else keys
     for k in pk:
         if k not in arrow_schema.names:
@@ -174,18 +189,23 @@ def publish(
                 cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema_name)))
             cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY ({}))").format(tgt, defs, pk_list))
             for c in cols:  # columns the snapshot gained since the target was created
-                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                    tgt, ident[c], sql.SQL(types[c])))
-            cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
-                stage, sql.SQL(", ").join(sql.SQL("{} {}").format(ident[c], sql.SQL(types[c])) for c in cols)))
+                cur.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(tgt, ident[c], sql.SQL(types[c]))
+                )
+            cur.execute(
+                sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
+                    stage, sql.SQL(", ").join(sql.SQL("{} {}").format(ident[c], sql.SQL(types[c])) for c in cols)
+                )
+            )
             reader = store.scan(table, version=version, batch_size=COPY_BATCH_ROWS)
             with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(stage, col_list)) as copy:
                 for rb in batches(reader):
                     if rb.num_rows:
                         copy.write(_csv(rb))
                         rows += rb.num_rows
-            cur.execute(sql.SQL("SELECT {} FROM {} GROUP BY {} HAVING count(*) > 1 LIMIT 1").format(
-                pk_list, stage, pk_list))
+            cur.execute(
+                sql.SQL("SELECT {} FROM {} GROUP BY {} HAVING count(*) > 1 LIMIT 1").format(pk_list, stage, pk_list)
+            )
             dup = cur.fetchone()
             if dup is not None:
                 raise PublishError(
@@ -193,10 +213,12 @@ def publish(
                     hint="model.keys must identify a row within a batch",
                 )
             if "_batch_id" in pk:
-                cur.execute(sql.SQL(
-                    "DELETE FROM {tgt} AS t WHERE t._batch_id IN (SELECT DISTINCT _batch_id FROM {stage}) "
-                    "AND NOT EXISTS (SELECT 1 FROM {stage} AS s WHERE {match})"
-                ).format(tgt=tgt, stage=stage, match=match))
+                cur.execute(
+                    sql.SQL(
+                        "DELETE FROM {tgt} AS t WHERE t._batch_id IN (SELECT DISTINCT _batch_id FROM {stage}) "
+                        "AND NOT EXISTS (SELECT 1 FROM {stage} AS s WHERE {match})"
+                    ).format(tgt=tgt, stage=stage, match=match)
+                )
                 deleted = cur.rowcount
             if rest:
                 changed = sql.SQL(" WHERE ({}) IS DISTINCT FROM ({})").format(
@@ -204,14 +226,18 @@ def publish(
                     sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(ident[c]) for c in rest),
                 )
                 action: sql.Composable = sql.SQL("DO UPDATE SET {}{}").format(
-                    sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=ident[c]) for c in rest), changed)
+                    sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=ident[c]) for c in rest), changed
+                )
             else:
                 action = sql.SQL("DO NOTHING")
-            cur.execute(sql.SQL(
-                "WITH up AS (INSERT INTO {tgt} AS t ({cols}) SELECT {cols} FROM {stage} ON CONFLICT ({pk}) {action} "
-                "RETURNING (xmax = 0) AS ins) SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) "
-                "FROM up"
-            ).format(tgt=tgt, cols=col_list, stage=stage, pk=pk_list, action=action))
+            cur.execute(
+                sql.SQL(
+                    "WITH up AS (INSERT INTO {tgt} AS t ({cols}) SELECT {cols} FROM {stage} "
+                    "ON CONFLICT ({pk}) {action} "
+                    "RETURNING (xmax = 0) AS ins) SELECT count(*) FILTER (WHERE ins), count(*) FILTER (WHERE NOT ins) "
+                    "FROM up"
+                ).format(tgt=tgt, cols=col_list, stage=stage, pk=pk_list, action=action)
+            )
             got = cur.fetchone()
             inserted, updated = (int(got[0]), int(got[1])) if got else (0, 0)
     except LooplineError:
@@ -225,8 +251,15 @@ def publish(
     finally:
         conn.close()
     return PublishResult(
-        table=table, table_version=version, url=redact(to), target=label, rows=rows, inserted=inserted,
-        updated=updated, deleted=deleted, seconds=time.perf_counter() - started,
+        table=table,
+        table_version=version,
+        url=redact(to),
+        target=label,
+        rows=rows,
+        inserted=inserted,
+        updated=updated,
+        deleted=deleted,
+        seconds=time.perf_counter() - started,
     )
 
 

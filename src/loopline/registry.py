@@ -102,17 +102,19 @@ def _store(project: Project) -> Any:
 def _schema() -> Any:
     import pyarrow as pa
 
-    return pa.schema([
-        ("timestamp", pa.timestamp("us", tz="UTC")),
-        ("actor", pa.string()),
-        ("model", pa.string()),
-        ("alias", pa.string()),
-        ("from_version", pa.string()),
-        ("to_version", pa.string()),
-        ("action", pa.string()),
-        ("reason", pa.string()),
-        ("gate_verdict", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("timestamp", pa.timestamp("us", tz="UTC")),
+            ("actor", pa.string()),
+            ("model", pa.string()),
+            ("alias", pa.string()),
+            ("from_version", pa.string()),
+            ("to_version", pa.string()),
+            ("action", pa.string()),
+            ("reason", pa.string()),
+            ("gate_verdict", pa.string()),
+        ]
+    )
 
 
 def _append(project: Project, events: list[RegistryEvent]) -> None:
@@ -134,8 +136,9 @@ def _events(project: Project) -> list[RegistryEvent]:
     rows.sort(key=lambda r: r["timestamp"])
     out = []
     for r in rows:
-        values: dict[str, Any] = {k: r.get(k) if k in ("timestamp", "from_version", "to_version") else
-                                  (r.get(k) or "") for k in fields}
+        values: dict[str, Any] = {
+            k: r.get(k) if k in ("timestamp", "from_version", "to_version") else (r.get(k) or "") for k in fields
+        }
         out.append(RegistryEvent(**values))
     return out
 
@@ -146,9 +149,7 @@ def history(project: Project, limit: int | None = None) -> list[RegistryEvent]:
     return rows[:limit] if limit else rows
 
 
-def _move(
-    project: Project, c: MlflowClient, alias: str, to: str | None, events: list[RegistryEvent]
-) -> None:
+def _move(project: Project, c: MlflowClient, alias: str, to: str | None, events: list[RegistryEvent]) -> None:
     """Set (or delete, ``to=None``) an alias, then append the audit rows; undo the move if the audit write fails."""
     from mlflow.exceptions import MlflowException
 
@@ -168,12 +169,20 @@ def _move(
             c.set_registered_model_alias(name, alias, before.version)
         elif to is not None:
             c.delete_registered_model_alias(name, alias)
-        raise RegistryError(f"the audit row could not be written, @{alias} of {name} left unchanged: {exc.message}",
-                            hint=exc.hint) from None
+        raise RegistryError(
+            f"the audit row could not be written, @{alias} of {name} left unchanged: {exc.message}", hint=exc.hint
+        ) from None
 
 
-def _event(project: Project, action: str, from_v: str | None, to_v: str | None, reason: str | None,
-           verdict: str, alias: str = tracking.CHAMPION) -> RegistryEvent:
+def _event(
+    project: Project,
+    action: str,
+    from_v: str | None,
+    to_v: str | None,
+    reason: str | None,
+    verdict: str,
+    alias: str = tracking.CHAMPION,
+) -> RegistryEvent:
     return RegistryEvent(
         timestamp=datetime.now(UTC),
         actor=actor(),
@@ -200,8 +209,9 @@ def get_version(project: Project, version: str | int) -> ModelVersion:
         known = _known_versions(c, name)
         raise RegistryError(
             f"registered model {name!r} has no version {version}",
-            hint=f"its versions: {', '.join(known)}" if known else f"{name!r} has no versions yet: "
-            f"run `loopline run train --env {project.env}`",
+            hint=f"its versions: {', '.join(known)}"
+            if known
+            else f"{name!r} has no versions yet: run `loopline run train --env {project.env}`",
         ) from None
 
 
@@ -222,16 +232,18 @@ def _retired(mv: ModelVersion) -> bool:
 
 
 # ----------------------------------------------------------------------------- promote
-def promote(project: Project, version: str | int | None = None, force: bool = False,
-            reason: str | None = None) -> RegistryEvent:
+def promote(
+    project: Project, version: str | int | None = None, force: bool = False, reason: str | None = None
+) -> RegistryEvent:
     """Move ``champion`` to the challenger (or to ``version``), which must have passed the gate.
 
     ``force`` skips the gate verdict (not the retired check) and requires a ``reason``.
     """
     name = project.registered_model
     if force and not (reason and reason.strip()):
-        raise RegistryError(f"a forced promotion of {name} needs a reason",
-                            hint='pass --reason "why the gate is overridden"')
+        raise RegistryError(
+            f"a forced promotion of {name} needs a reason", hint='pass --reason "why the gate is overridden"'
+        )
     c = tracking.client(project)
     if version is None:
         challenger = tracking.alias_version(project, tracking.CHALLENGER)
@@ -245,15 +257,17 @@ def promote(project: Project, version: str | int | None = None, force: bool = Fa
         mv = get_version(project, version)
     v = str(mv.version)
     if _retired(mv):
-        raise RegistryError(f"version {v} of {name} is retired; a retired version cannot be promoted",
-                            hint="train a new version, or promote another one (see `loopline history`)")
+        raise RegistryError(
+            f"version {v} of {name} is retired; a retired version cannot be promoted",
+            hint="train a new version, or promote another one (see `loopline history`)",
+        )
     verdict = _verdict(mv)
     if verdict != "passed" and not force:
         rules = (mv.tags or {}).get("loopline.gate.failed_rules")
         why = f"; failed rules: {'; '.join(json.loads(rules))}" if rules and rules != "[]" else ""
         raise RegistryError(
             f"version {v} of {name} has not passed the gate (verdict: {verdict}{why})",
-            hint=f"promote a version that passed, or override: loopline promote --version {v} --force --reason \"...\"",
+            hint=f'promote a version that passed, or override: loopline promote --version {v} --force --reason "..."',
         )
     current = tracking.alias_version(project, tracking.CHAMPION)
     cur = str(current.version) if current is not None else None
@@ -365,8 +379,9 @@ def copy(project_from: Project, project_to: Project, reason: str | None = None) 
     if result.passed:
         current = tracking.alias_version(project_to, tracking.CHAMPION)
         cur = str(current.version) if current is not None else None
-        event = _event(project_to, "copy", cur, new, reason or f"copied from {src_name} version {src_v}",
-                       result.verdict)
+        event = _event(
+            project_to, "copy", cur, new, reason or f"copied from {src_name} version {src_v}", result.verdict
+        )
         c = tracking.client(project_to)
         _move(project_to, c, tracking.CHAMPION, new, [event])
         challenger = tracking.alias_version(project_to, tracking.CHALLENGER)
@@ -387,8 +402,7 @@ def _copy_version(project_from: Project, project_to: Project, src_name: str, src
             mv = c.copy_model_version(f"models:/{src_name}/{src_v}", dst)
         else:
             mv = _copy_across(project_from, project_to, src_name, src_v)
-        tracking.client(project_to).set_model_version_tag(dst, str(mv.version), COPIED_FROM_TAG,
-                                                          f"{src_name}/{src_v}")
+        tracking.client(project_to).set_model_version_tag(dst, str(mv.version), COPIED_FROM_TAG, f"{src_name}/{src_v}")
     except MlflowException as exc:
         raise RegistryError(f"copying {src_name} version {src_v} to {dst} failed: {exc.message}") from None
     return str(mv.version)
@@ -402,8 +416,11 @@ def _copy_across(project_from: Project, project_to: Project, src_name: str, src_
         local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{src_name}/{src_v}", dst_path=tmp)
         c = tracking.client(project_to)
         exp = tracking.experiment_id(project_to)
-        run = c.create_run(exp, run_name=f"copy-{src_name}-v{src_v}",
-                           tags={COPIED_FROM_TAG: f"{src_name}/{src_v}", "loopline.env": project_to.env})
+        run = c.create_run(
+            exp,
+            run_name=f"copy-{src_name}-v{src_v}",
+            tags={COPIED_FROM_TAG: f"{src_name}/{src_v}", "loopline.env": project_to.env},
+        )
         c.log_artifacts(run.info.run_id, local, "model")
         c.set_terminated(run.info.run_id)
     dst = project_to.registered_model

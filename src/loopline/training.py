@@ -92,9 +92,9 @@ def read_features(project: Project, data_version: int | None = None) -> tuple[pd
     return df, version, store.uri(FEATURES)
 
 
-def split_frame(df: pd.DataFrame, split: SplitConfig, time_column: str | None, file: str) -> tuple[
-    pd.DataFrame, pd.DataFrame, pd.DataFrame
-]:
+def split_frame(
+    df: pd.DataFrame, split: SplitConfig, time_column: str | None, file: str
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train / validation / test: the latest rows are the test set (time), or a seeded permutation (random)."""
     import numpy as np
 
@@ -115,8 +115,10 @@ def split_frame(df: pd.DataFrame, split: SplitConfig, time_column: str | None, f
                 hint="set model.time_column (or training.split.column), or use training.split.method: random",
             )
         if col not in df.columns:
-            raise TrainingError(f"the time split column {col!r} is not in the features table",
-                                hint=f"its columns: {', '.join(map(str, df.columns))}")
+            raise TrainingError(
+                f"the time split column {col!r} is not in the features table",
+                hint=f"its columns: {', '.join(map(str, df.columns))}",
+            )
         ordered = df.sort_values(col, kind="stable").reset_index(drop=True)
     else:
         ordered = df.iloc[np.random.default_rng(split.seed).permutation(n)].reset_index(drop=True)
@@ -129,12 +131,15 @@ def prepare(project: Project, data_version: int | None = None) -> Prepared:
     cfg = project.config
     df, version, uri = read_features(project, data_version)
     if df.empty:
-        raise TrainingError(f"the features table at version {version} is empty ({uri})",
-                            hint="run `loopline run ingest` first")
+        raise TrainingError(
+            f"the features table at version {version} is empty ({uri})", hint="run `loopline run ingest` first"
+        )
     target = cfg.model.target
     if target not in df.columns:
-        raise TrainingError(f"the features table (version {version}) has no target column {target!r} (model.target)",
-                            hint=f"its columns: {', '.join(map(str, df.columns))}")
+        raise TrainingError(
+            f"the features table (version {version}) has no target column {target!r} (model.target)",
+            hint=f"its columns: {', '.join(map(str, df.columns))}",
+        )
     cols = cfg.model.input_columns([str(c) for c in df.columns])
     missing = [c for c in cols if c not in df.columns]
     if missing:
@@ -143,8 +148,10 @@ def prepare(project: Project, data_version: int | None = None) -> Prepared:
             hint=f"its columns: {', '.join(map(str, df.columns))}",
         )
     if not cols:
-        raise TrainingError(f"the features table (version {version}) has no model input columns",
-                            hint="set model.features, or add feature columns to the features hook output")
+        raise TrainingError(
+            f"the features table (version {version}) has no model input columns",
+            hint="set model.features, or add feature columns to the features hook output",
+        )
     train, valid, test = split_frame(df, cfg.training.split, cfg.model.time_column, project.config_path.name)
     return Prepared(uri, version, cols, target, train, valid, test)
 
@@ -236,8 +243,10 @@ class _Trainer:
         except Exception as exc:
             raise HookError(f"training.hook {self.name} raised {type(exc).__name__}: {exc}") from exc
         if model is None or not hasattr(model, "predict"):
-            raise HookError(f"training.hook {self.name} returned {type(model).__name__}, not a model with predict()",
-                            hint="return a fitted model object (scikit-learn-like, with a predict method)")
+            raise HookError(
+                f"training.hook {self.name} returned {type(model).__name__}, not a model with predict()",
+                hint="return a fitted model object (scikit-learn-like, with a predict method)",
+            )
         return model
 
 
@@ -255,9 +264,9 @@ def _evaluate(project: Project, model: Any, df: pd.DataFrame, p: Prepared, names
 
 
 # ----------------------------------------------------------------------------- search
-def _search(project: Project, trainer: _Trainer, p: Prepared, base: dict[str, Any], names: list[str]) -> tuple[
-    dict[str, Any], int
-]:
+def _search(
+    project: Project, trainer: _Trainer, p: Prepared, base: dict[str, Any], names: list[str]
+) -> tuple[dict[str, Any], int]:
     """Optuna search on the validation metric; every trial a nested MLflow run. Returns the best params."""
     import math
 
@@ -305,8 +314,10 @@ def _search(project: Project, trainer: _Trainer, p: Prepared, base: dict[str, An
     study.optimize(objective, n_trials=sc.n_trials, timeout=timeout, catch=(Exception,))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
-        raise TrainingError(f"every one of {len(study.trials)} search trials failed: {'; '.join(errors[:3])}",
-                            hint="check training.search.space bounds against the estimator's parameters")
+        raise TrainingError(
+            f"every one of {len(study.trials)} search trials failed: {'; '.join(errors[:3])}",
+            hint="check training.search.space bounds against the estimator's parameters",
+        )
     return {**base, **study.best_params}, len(study.trials)
 
 
@@ -319,7 +330,9 @@ def git_info(root: Path) -> tuple[str, str]:
             return "unknown", "unknown"
         status = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--", ".", ":(exclude).loopline"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return "unknown", "unknown"
@@ -398,8 +411,11 @@ def _dataset(df: pd.DataFrame, uri: str, version: int, target: str) -> Any:
 
 # ----------------------------------------------------------------------------- log, register, gate
 def _log_model(project: Project, model: Any, X_example: pd.DataFrame) -> Any:
+    import warnings
+
     import mlflow
     from mlflow.models import infer_signature
+
     try:
         with small_input_threads(len(X_example)):
             preds = model.predict(X_example)
@@ -415,16 +431,18 @@ def _log_model(project: Project, model: Any, X_example: pd.DataFrame) -> Any:
         serialization = "cloudpickle"
     reqs = pip_requirements(model, serialization, project.config.training.pip_requirements)
     try:
-        return mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=X_example,
-            pip_requirements=reqs,
-            serialization_format=serialization,
-            skops_trusted_types=trusted or None,
-            registered_model_name=project.registered_model,
-        )
+        with warnings.catch_warnings():  # the integer-column hint: the server answers 400 on NaN there, by design
+            warnings.simplefilter("ignore", UserWarning)
+            return mlflow.sklearn.log_model(
+                model,
+                name="model",
+                signature=signature,
+                input_example=X_example,
+                pip_requirements=reqs,
+                serialization_format=serialization,
+                skops_trusted_types=trusted or None,
+                registered_model_name=project.registered_model,
+            )
     except Exception as exc:
         raise TrainingError(f"logging the model to MLflow failed: {type(exc).__name__}: {exc}") from exc
 
@@ -460,18 +478,20 @@ def publish(
         notes.append(f"valid metrics not computed: the model raised {type(exc).__name__}: {exc}")
     commit, dirty = git_info(project.root)
     tc = project.config.training
-    mlflow.set_tags({
-        "loopline.features_uri": p.features_uri,
-        "loopline.features_version": str(p.features_version),
-        "loopline.git_commit": commit,
-        "loopline.git_dirty": dirty,
-        "loopline.config_hash": config_hash(project),
-        "loopline.version": loopline.__version__,
-        "loopline.env": project.env,
-        "loopline.split": tc.split.model_dump_json(),
-        "loopline.trainer": tc.hook or estimator_path(project.config) or "",
-        **({"loopline.train_notes": json.dumps(notes)[:5000]} if notes else {}),
-    })
+    mlflow.set_tags(
+        {
+            "loopline.features_uri": p.features_uri,
+            "loopline.features_version": str(p.features_version),
+            "loopline.git_commit": commit,
+            "loopline.git_dirty": dirty,
+            "loopline.config_hash": config_hash(project),
+            "loopline.version": loopline.__version__,
+            "loopline.env": project.env,
+            "loopline.split": tc.split.model_dump_json(),
+            "loopline.trainer": tc.hook or estimator_path(project.config) or "",
+            **({"loopline.train_notes": json.dumps(notes)[:5000]} if notes else {}),
+        }
+    )
     if params:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in params.items()})
     frame = _concat(p)

@@ -38,16 +38,23 @@ def run_batch(
 
     proj = load(project, env)
     with Progress(
-        TextColumn("[bold]scoring[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
+        TextColumn("[bold]scoring[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
     ) as bar:
         task = bar.add_task("score", total=None)
 
         def progress(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
 
-        result = score(proj, batch_id=batch_id, progress=progress, engine=engine.value if engine else None,
-                       input_batch=input_batch)
+        result = score(
+            proj, batch_id=batch_id, progress=progress, engine=engine.value if engine else None, input_batch=input_batch
+        )
     flagged = f", [yellow]{result.out_of_range} out of range[/]" if result.out_of_range else ""
     console.print(
         f"[green]scored[/] {result.rows} rows of {result.input} with {result.model_name} "
@@ -63,8 +70,9 @@ def publish_cmd(
     table: Annotated[str, typer.Argument(help="Table to publish.")] = "predictions",
     to: Annotated[
         str,
-        typer.Option("--to", help="postgresql://user:password@host:port/db", envvar="LOOPLINE_PUBLISH_URL",
-                     show_default=False),
+        typer.Option(
+            "--to", help="postgresql://user:password@host:port/db", envvar="LOOPLINE_PUBLISH_URL", show_default=False
+        ),
     ] = ...,  # type: ignore[assignment]
     target: Annotated[
         str | None, typer.Option("--table", help="Target table, optionally schema.table (default: same name).")

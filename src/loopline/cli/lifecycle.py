@@ -31,14 +31,17 @@ def render_gate(result: GateResult) -> None:
     table = Table(title=f"gate: {result.model} version {result.candidate_version}", title_justify="left")
     table.add_column("metric")
     table.add_column(f"candidate v{result.candidate_version}", justify="right")
-    table.add_column(f"champion v{result.champion_version}" if result.champion_version else "champion (none)",
-                     justify="right")
+    table.add_column(
+        f"champion v{result.champion_version}" if result.champion_version else "champion (none)", justify="right"
+    )
     for metric, cand, champ in result.rows():
         table.add_row(metric, cand, champ)
     console.print(table)
     colour = "green" if result.passed else "red"
-    console.print(f"gate verdict: [bold {colour}]{result.verdict}[/] ({len(result.rules_checked)} rules checked, "
-                  f"{result.n_test} test rows)")
+    console.print(
+        f"gate verdict: [bold {colour}]{result.verdict}[/] ({len(result.rules_checked)} rules checked, "
+        f"{result.n_test} test rows)"
+    )
     for rule in result.failed_rules:
         console.print("  [red]x[/] ", end="")
         console.print(rule, markup=False, highlight=False)
@@ -56,8 +59,9 @@ def _render_event(event: RegistryEvent) -> None:
 
 @run_app.command("train")
 def train_cmd(
-    data_version: Annotated[int | None, typer.Option("--data-version", help="Features table Delta version "
-                                                     "(default: latest).")] = None,
+    data_version: Annotated[
+        int | None, typer.Option("--data-version", help="Features table Delta version (default: latest).")
+    ] = None,
     project: ProjectOpt = None,
     env: EnvOpt = None,
     as_json: JsonOpt = False,
@@ -72,9 +76,11 @@ def train_cmd(
     if as_json:
         _print_json(result.to_dict())
     else:
-        console.print(f"run [bold]{result.run_id}[/]  model [bold]{result.model}[/] version "
-                      f"[bold]{result.version}[/]  (features v{result.features_version}: {result.n_train} train / "
-                      f"{result.n_valid} valid / {result.n_test} test rows, {result.duration_s:.1f}s)")
+        console.print(
+            f"run [bold]{result.run_id}[/]  model [bold]{result.model}[/] version "
+            f"[bold]{result.version}[/]  (features v{result.features_version}: {result.n_train} train / "
+            f"{result.n_valid} valid / {result.n_test} test rows, {result.duration_s:.1f}s)"
+        )
         table = Table(title="training metrics", title_justify="left")
         table.add_column("metric")
         table.add_column("valid", justify="right")
@@ -117,8 +123,12 @@ def promote_cmd(
         if as_json:
             _print_json(result.to_dict())
         else:
-            console.print(f"copied {result.source_model} version {result.source_version} -> {result.model} version "
-                          f"{result.version}", markup=False, highlight=False)
+            console.print(
+                f"copied {result.source_model} version {result.source_version} -> {result.model} version "
+                f"{result.version}",
+                markup=False,
+                highlight=False,
+            )
             render_gate(result.gate)
             if result.event is not None:
                 _render_event(result.event)
@@ -192,8 +202,16 @@ def history_cmd(
     for col in ("when (UTC)", "action", "alias", "from", "to", "gate", "actor", "reason"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.timestamp.strftime("%Y-%m-%d %H:%M:%S"), r.action, r.alias or "-", r.from_version or "-",
-                      r.to_version or "-", r.gate_verdict, r.actor, r.reason)
+        table.add_row(
+            r.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
+            r.action,
+            r.alias or "-",
+            r.from_version or "-",
+            r.to_version or "-",
+            r.gate_verdict,
+            r.actor,
+            r.reason,
+        )
     console.print(table)
     if not rows:
         console.print(f"no registry events yet for {p.registered_model}")

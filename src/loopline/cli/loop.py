@@ -1,0 +1,181 @@
+"""`loopline loop` / `loopline run loop`: monitor -> retrain -> gate -> promote, each decision recorded."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
+from loopline.errors import LooplineError
+
+if TYPE_CHECKING:
+    from loopline.loop import LoopResult
+
+WindowOpt = Annotated[
+    str | None, typer.Option("--window", help="Current window, e.g. 7d (default: monitoring.window).")
+]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="Window start (ISO 8601).", show_default=False)]
+UntilOpt = Annotated[
+    str | None, typer.Option("--until", help="Window end (ISO 8601, default now).", show_default=False)
+]
+ScheduledOpt = Annotated[
+    bool, typer.Option("--scheduled", help="Retrain even without a breach (the schedule says so).")
+]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", help="name=value for the retraining source.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise LooplineError(f"{option} must be an ISO 8601 date or time like 2026-01-31T00:00, got {value!r}") from None
+
+
+def _run(
+    project_dir: Path | None,
+    env: str | None,
+    window: str | None,
+    since: str | None,
+    until: str | None,
+    scheduled: bool,
+    params: list[str] | None,
+    as_json: bool,
+) -> None:
+    from loopline.config import parse_duration
+    from loopline.jobs import run_job
+    from loopline.sources import parse_params
+
+    project = load(project_dir, env)
+    try:
+        win = parse_duration(window) if window else None
+    except ValueError:
+        raise LooplineError(f"--window must be a duration like 7d, 12h or 30m, got {window!r}") from None
+    source = project.config.retraining.source
+    options: dict[str, Any] = {
+        "window": win,
+        "since": _when(since, "--since"),
+        "until": _when(until, "--until"),
+        "scheduled": scheduled,
+        "params": parse_params(params or [], source or "retraining.source"),
+    }
+    with console.status("loop: monitoring"):
+        record = run_job(project, "loop", **options)
+    if record.status == "skipped":
+        console.print(f"[yellow]skipped:[/] {record.error}")
+        return
+    result: LoopResult = record.result  # type: ignore[assignment]
+    if as_json:
+        print(json.dumps(result.to_dict(), default=str, indent=2))
+    else:
+        _print(result)
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+def _print(result: LoopResult) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"loop {result.loop_id}", title_justify="left")
+    for col in ("step", "outcome", "reasons"):
+        table.add_column(col)
+    for d in result.decisions:
+        reasons = json.loads(d["reasons"])
+        text = "; ".join(str(r) for r in reasons) if isinstance(reasons, list) else str(reasons)
+        colour = {
+            "breach": "yellow",
+            "failed": "red",
+            "refused": "red",
+            "needs_review": "red",
+            "promoted": "green",
+            "passed": "green",
+            "ok": "green",
+        }.get(d["outcome"], "white")
+        table.add_row(d["step"], f"[{colour}]{d['outcome']}[/]", text[:200])
+    console.print(table)
+    if result.monitor is not None and result.monitor.report_html:
+        console.print(f"report: {result.monitor.report_html}")
+    console.print(f"[bold]action:[/] {result.summary()}")
+
+
+@app.command("loop")
+def loop_command(
+    project: ProjectOpt = None,
+    env: EnvOpt = None,
+    window: WindowOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    scheduled: ScheduledOpt = False,
+    param: ParamOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Monitor; on a breach (or --scheduled) retrain, gate and promote. Exit 4: refused, 12: needs review."""
+    _run(project, env, window, since, until, scheduled, param, json_out)
+
+
+@run_app.command("loop")
+def run_loop(
+    project: ProjectOpt = None,
+    env: EnvOpt = None,
+    window: WindowOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    scheduled: ScheduledOpt = False,
+    param: ParamOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the loop once (as a job)."""
+    _run(project, env, window, since, until, scheduled, param, json_out)
+
+
+@app.command("demo")
+def demo_command(
+    project: Annotated[Path, typer.Option("--project", "-p", help="The Bikeshare example project.")] = Path(
+        "examples/bikeshare"
+    ),
+    env: Annotated[str, typer.Option("--env", "-e", help="Environment the demo runs in (its state is reset).")] = "dev",
+    sample: Annotated[int, typer.Option(help="Rows per month sent through the HTTP server.")] = 24,
+    last_month: Annotated[int, typer.Option(help="Replay April through this month (4-12).", min=4, max=12)] = 12,
+    keep: Annotated[bool, typer.Option("--keep", help="Keep the environment's existing state.")] = False,
+) -> None:
+    """Replay 2011 of Capital Bikeshare through the whole loop and print month by month what happened."""
+    from rich.table import Table
+
+    from loopline.demo import run_demo
+
+    result = run_demo(
+        project,
+        env=env,
+        months=range(4, last_month + 1),
+        sample=sample,
+        fresh=not keep,
+        say=lambda line: console.print(line, highlight=False),
+    )
+    table = Table(title="2011 replayed: champion vs the never-retrained Jan-Mar model", title_justify="left")
+    for col in ("month", "rows", "champion", "MAE champion", "MAE Jan-Mar model", "drift share", "served", "action"):
+        table.add_column(col, justify="left" if col in ("month", "action") else "right")
+    for m in result.months:
+        share = "-" if m.drift_share is None else f"{m.drift_share:.2f}"
+        table.add_row(
+            datetime(2011, m.month, 1).strftime("%b"),
+            str(m.rows),
+            f"v{m.champion_version}",
+            f"{m.mae_champion:.1f}",
+            f"{m.mae_baseline:.1f}",
+            share,
+            str(m.served),
+            m.action,
+        )
+    console.print(table)
+    console.print(
+        f"MAE over the replayed months: loop {result.mae_loop:.1f} vs never retrained "
+        f"{result.mae_baseline:.1f} ({result.seconds:.0f} s)"
+    )
+    if result.report:
+        console.print(f"HTML report: {result.report}")
