@@ -28,8 +28,8 @@ def timed(cmd: list[str], repeat: int) -> float:
 def heavy_imports() -> list[str]:
     code = (
         "import sys; sys.argv=['loopline','--help']\n"
-        "from loopline.cli import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "from loopline.cli import run\n"
+        "run()\n"
         "mods = ('mlflow', 'pyspark', 'scipy', 'pandas', 'sklearn', 'deltalake', 'duckdb')\n"
         "print('HEAVY=' + ','.join(m for m in mods if m in sys.modules), file=sys.stderr)"
     )

@@ -27,8 +27,8 @@ def seed(project_dir: Path) -> DeltaStore:
 def test_help_is_fast_and_light() -> None:
     code = (
         "import sys; sys.argv = ['loopline', '--help']\n"
-        "from loopline.cli import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "from loopline.cli import run\n"
+        "run()\n"
         "heavy = [m for m in ('mlflow', 'pyspark', 'scipy', 'pandas', 'sklearn', 'deltalake') if m in sys.modules]\n"
         "print('HEAVY', heavy, file=sys.stderr)"
     )

@@ -84,7 +84,9 @@ def test_matches_pyfunc(srv: ServerProc, http: httpx.Client) -> None:
 
     rng = np.random.default_rng(0)
     df = pd.DataFrame({"x": rng.uniform(0, 50, 20), "n": rng.integers(0, 10, 20), "flag": rng.integers(0, 2, 20) == 1})
-    mlflow.set_tracking_uri(f"sqlite:///{srv.root / '.loopline' / 'prod' / 'mlflow.db'}")
+    uri = f"sqlite:///{srv.root / '.loopline' / 'prod' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # other tests leave mlflow's global registry URI pointing elsewhere
     ref = mlflow.pyfunc.load_model("models:/prod.demo/1").predict(df)
     r = http.post("/invocations", json={"dataframe_split": df.to_dict(orient="split", index=False)})
     assert r.status_code == 200, r.text

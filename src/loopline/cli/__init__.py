@@ -68,28 +68,49 @@ def fail(exc: LooplineError) -> None:
 
 
 def _register() -> None:
+    import importlib
+
     for name in ("data", "pipeline", "scaffold", "lifecycle", "batch", "serving", "monitor", "ops", "status", "loop"):
-        try:
-            __import__(f"loopline.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"loopline.cli.{name}":
-                raise
+        importlib.import_module(f"loopline.cli.{name}")
 
 
-def main() -> None:
+def run(args: list[str] | None = None) -> int:
+    """Run one command and return its exit code (errors printed, never a traceback)."""
     _register()
     try:
-        app()
+        app(args=args)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except LooplineError as exc:
         fail(exc)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")
-        sys.exit(130)
+        return 130
     except Exception as exc:  # a bug in loopline: say so plainly, traceback only on request
         if os.environ.get("LOOPLINE_DEBUG"):
             raise
         err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: ", end="")
         err_console.print(str(exc), markup=False, highlight=False)
         err_console.print("[yellow]Hint:[/] rerun with LOOPLINE_DEBUG=1 for the traceback and report it")
-        sys.exit(70)
+        return 70
+    return 0
+
+
+def main() -> None:
+    """The console script: run, flush, and leave without tearing down native thread pools.
+
+    Native libraries (Arrow, DuckDB, delta-rs) keep worker threads whose C++ destructors can abort the
+    process at interpreter teardown ("terminate called without an active exception"), turning a
+    finished command's exit code into -6. Everything of ours is written and flushed by then.
+    """
+    import logging
+
+    code = run()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
