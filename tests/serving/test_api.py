@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -297,6 +298,7 @@ def test_feedback_and_log(srv: ServerProc, http: httpx.Client) -> None:
 
 def test_metrics(http: httpx.Client) -> None:
     http.post("/invocations", json={"dataframe_records": [ROW]})
+    http.post("/invocations", json={})  # a 400, counted by status
     text = http.get("/metrics").text
     for name in (
         "loopline_requests_total",
@@ -391,3 +393,51 @@ def test_log_rows_match_and_types(srv: ServerProc, http: httpx.Client) -> None:
     emails = [e for e in t.column("email").to_pylist() if e is not None]
     assert emails and all(len(e) == 64 and "@" not in e for e in emails)  # hashed, never in clear
     assert not any(isinstance(v, float) and math.isnan(v) for v in t.column("prediction").to_pylist())
+
+
+def test_latest_monitoring_verdicts_are_gauges(srv: ServerProc, http: httpx.Client) -> None:
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from loopline.monitoring.monitor import MONITORING_SCHEMA
+    from loopline.tables import DeltaStore
+
+    now = datetime.now(UTC)
+    base = {
+        "checked_at": now,
+        "window_start": now,
+        "window_end": now,
+        "model_version": "1",
+        "slice": None,
+        "n_reference": 100,
+        "n_current": 50,
+    }
+    rows = [
+        {
+            **base,
+            "kind": "dataset_drift",
+            "feature": "*",
+            "statistic": "drift_share",
+            "value": 0.7,
+            "threshold": 0.5,
+            "verdict": "breach",
+        },
+        {
+            **base,
+            "kind": "range",
+            "feature": "prediction",
+            "statistic": "out_of_range_share",
+            "value": 0.0,
+            "threshold": 0.01,
+            "verdict": "ok",
+        },
+    ]
+    DeltaStore(str(srv.root / ".loopline" / "prod" / "tables")).append(
+        "monitoring", pa.Table.from_pylist(rows, schema=MONITORING_SCHEMA)
+    )
+    time.sleep(0.4)  # past the server's refresh interval (serving.reload_interval)
+    text = http.get("/metrics").text
+    assert 'loopline_monitoring_verdict{kind="dataset_drift"} 1.0' in text
+    assert 'loopline_monitoring_verdict{kind="range"} 0.0' in text
+    assert "loopline_monitoring_checked_timestamp_seconds" in text

@@ -179,6 +179,23 @@ def create_app(project: Project | None = None) -> FastAPI:
     )
     app.state.server = S
 
+    monitoring_state = {"at": float("-inf")}
+
+    async def _refresh_monitoring() -> None:
+        """Latest monitoring verdicts as gauges, read at most once per reload interval, off the event loop."""
+        now = time.monotonic()
+        if now - monitoring_state["at"] < S.serving.reload_interval.total_seconds():
+            return
+        monitoring_state["at"] = now
+        from loopline.monitoring.monitor import latest_verdicts
+
+        try:
+            verdicts = await run_in_threadpool(latest_verdicts, project)
+        except Exception as exc:  # monitoring is informative here; never fail a scrape on it
+            log.warning("could not read the latest monitoring verdicts: %s", exc)
+            return
+        S.metrics.set_monitoring(verdicts)
+
     def guard(request: Request, role: str | None) -> None:
         S.auth.check(request.headers.get("authorization"), role)
 
@@ -487,6 +504,7 @@ def create_app(project: Project | None = None) -> FastAPI:
             return _json({"error": exc.message}, exc.status)
         if S.logger is not None:
             S.metrics.buffer_rows.set(S.logger.buffered_rows)
+        await _refresh_monitoring()
         body, ctype = S.metrics.render()
         return Response(body, media_type=ctype)
 

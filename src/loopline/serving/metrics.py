@@ -91,6 +91,19 @@ class Metrics:
         self.feedback = Counter(
             "loopline_feedback_rows", "Feedback rows by whether the request id was known.", ["known"], registry=r
         )
+        self.monitoring = Gauge(
+            "loopline_monitoring_verdict",
+            "Latest `loopline monitor` verdict per check kind: 1 breach, 0 ok, -1 no data.",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.monitoring_checked = Gauge(
+            "loopline_monitoring_checked_timestamp_seconds",
+            "When the latest monitoring check ran (Unix time).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self._req: dict[tuple[str, int], Any] = {}
         self._lat: dict[str, Any] = {}
         self._classes: set[str] = set()
@@ -137,6 +150,18 @@ class Metrics:
         self._info_labels = (model, version, run_id)
         self.info.labels(model, version, run_id).set(1)
         self.ready.set(1)
+
+    def set_monitoring(self, verdicts: dict[str, Any]) -> None:
+        """Gauges from `loopline.monitoring.latest_verdicts` (the newest row set of the monitoring table)."""
+        from datetime import datetime
+
+        values = {"breach": 1.0, "ok": 0.0, "no_data": -1.0}
+        for kind, verdict in verdicts.get("kinds", {}).items():
+            self.monitoring.labels(kind).set(values.get(verdict, -1.0))
+        if verdicts.get("verdict") is not None:
+            self.monitoring.labels("overall").set(values.get(verdicts["verdict"], -1.0))
+        if verdicts.get("checked_at"):
+            self.monitoring_checked.set(datetime.fromisoformat(verdicts["checked_at"]).timestamp())
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
