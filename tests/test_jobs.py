@@ -268,3 +268,11 @@ def test_cli_runs(project: Project, cli: Any) -> None:
     bad = cli("runs", "--project", root, "--job", "nope")
     assert bad.returncode == 2
     assert "must be one of ingest, train, batch, monitor, loop, retention, got 'nope'" in bad.stderr
+
+
+def test_every_real_job_resolves() -> None:
+    """Each job the scheduler can run points at a function that exists (checked before any schedule starts)."""
+    from loopline.jobs import JOB_FUNCTIONS, resolve_job
+
+    for name in JOB_FUNCTIONS:
+        assert callable(resolve_job(name)), name

@@ -642,4 +642,16 @@ def score(
     )
 
 
-__all__ = ["BatchResult", "ProgressFn", "score"]
+def batch_job(
+    project: Project,
+    batch_id: str | None = None,
+    engine: str | None = None,
+    input_batch: str | None = None,
+    progress: ProgressFn | None = None,
+    **_: Any,
+) -> BatchResult:
+    """`loopline run batch` / the scheduled `batch` job."""
+    return score(project, batch_id=batch_id, progress=progress, engine=engine, input_batch=input_batch)
+
+
+__all__ = ["BatchResult", "ProgressFn", "batch_job", "score"]

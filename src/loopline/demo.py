@@ -20,14 +20,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from loopline.errors import LooplineError
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from loopline.batch import BatchResult
     from loopline.config import Project
+    from loopline.loop import LoopResult
 
 SOURCE = "bikeshare"
 
@@ -162,10 +164,8 @@ def run_demo(
     """Replay 2011; see the module docstring."""
     import mlflow.pyfunc
 
-    from loopline.batch import score
     from loopline.config import load_project
     from loopline.ingest import run_pipeline
-    from loopline.loop import loop
     from loopline.registry import promote
     from loopline.training import train
 
@@ -189,7 +189,9 @@ def run_demo(
         for m in months:
             t0 = datetime.now(UTC)
             res = run_pipeline(project, SOURCE, params={"month": m})
-            batch = score(project, batch_id=res.ingest.batch_id, input_batch=res.ingest.batch_id)
+            batch = cast(
+                "BatchResult", _job(project, "batch", batch_id=res.ingest.batch_id, input_batch=res.ingest.batch_id)
+            )
             frame = _month_frame(project, res.ingest.batch_id)
             preds = _predictions(project, batch.batch_id)
             merged = frame.merge(preds, on=project.config.model.keys)
@@ -200,7 +202,7 @@ def run_demo(
             served = _send(url, project, frame, sample, seed=m)
             _feedback(url, project, frame)
             time.sleep(project.config.serving.log.flush_interval.total_seconds() + 0.5)
-            turn = loop(project, since=t0, params={"month": m})
+            turn = cast("LoopResult", _job(project, "loop", since=t0, params={"month": m}))
             share = turn.monitor.drift.share if turn.monitor is not None else None
             row = MonthRow(m, len(frame), batch.model_version, mae_champion, mae_base, share, served, turn.action)
             result.months.append(row)
@@ -213,6 +215,16 @@ def run_demo(
             )
     result.seconds = time.monotonic() - started
     return result
+
+
+def _job(project: Project, name: str, **options: Any) -> object:
+    """Run a stage as a recorded job (it shows in the `runs` table like a scheduled run)."""
+    from loopline.jobs import run_job
+
+    record = run_job(project, name, **options)
+    if record.status != "ok":
+        raise LooplineError(f"the demo's {name} job did not run: {record.error}")
+    return record.result
 
 
 def _predictions(project: Project, batch_id: str) -> pd.DataFrame:

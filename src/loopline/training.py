@@ -562,3 +562,8 @@ def train(
         trials=trials,
         notes=notes,
     )
+
+
+def train_job(project: Project, data_version: int | None = None, **_: Any) -> TrainResult:
+    """`loopline run train` / the scheduled `train` job: train, register and gate (a refusal is a result)."""
+    return train(project, data_version=data_version)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
+
+if TYPE_CHECKING:
+    from loopline.batch import BatchResult
 
 
 class Engine(StrEnum):
@@ -34,7 +37,7 @@ def run_batch(
     """Score the input table (or batch.query) with the @champion model into the `predictions` table."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from loopline.batch import score
+    from loopline.jobs import run_job
 
     proj = load(project, env)
     with Progress(
@@ -52,9 +55,18 @@ def run_batch(
         def progress(done: int, total: int | None) -> None:
             bar.update(task, completed=done, total=total)
 
-        result = score(
-            proj, batch_id=batch_id, progress=progress, engine=engine.value if engine else None, input_batch=input_batch
+        record = run_job(
+            proj,
+            "batch",
+            batch_id=batch_id,
+            progress=progress,
+            engine=engine.value if engine else None,
+            input_batch=input_batch,
         )
+    if record.status == "skipped":
+        console.print(f"[yellow]skipped:[/] {record.error}")
+        return
+    result: BatchResult = record.result  # type: ignore[assignment]
     flagged = f", [yellow]{result.out_of_range} out of range[/]" if result.out_of_range else ""
     console.print(
         f"[green]scored[/] {result.rows} rows of {result.input} with {result.model_name} "

@@ -15,6 +15,7 @@ from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
 if TYPE_CHECKING:
     from loopline.evaluation import GateResult
     from loopline.registry import RegistryEvent
+    from loopline.training import TrainResult
 
 GATE_REFUSED_EXIT = 4
 
@@ -69,10 +70,14 @@ def train_cmd(
     """Train on the features table, register a new model version and run the champion/challenger gate."""
     from rich.table import Table
 
-    from loopline.training import train
+    from loopline.jobs import run_job
 
     p = load(project, env)
-    result = train(p, data_version=data_version)
+    record = run_job(p, "train", data_version=data_version)
+    if record.status == "skipped":
+        console.print(f"[yellow]skipped:[/] {record.error}")
+        return
+    result: TrainResult = record.result  # type: ignore[assignment]
     if as_json:
         _print_json(result.to_dict())
     else:
