@@ -99,7 +99,8 @@ def _store(project: Project) -> Any:
     return DeltaStore(project.storage_root, project.storage_options)
 
 
-def _schema() -> Any:
+def events_schema() -> Any:
+    """The ``registry_events`` table's schema (docs/contracts.md)."""
     import pyarrow as pa
 
     return pa.schema(
@@ -121,7 +122,7 @@ def _append(project: Project, events: list[RegistryEvent]) -> None:
     import pyarrow as pa
 
     rows = [asdict(e) for e in events]
-    table = pa.Table.from_pylist(rows, schema=_schema())
+    table = pa.Table.from_pylist(rows, schema=events_schema())
     _store(project).append(EVENTS, table, action=events[0].action, model=events[0].model)
 
 

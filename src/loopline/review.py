@@ -450,22 +450,6 @@ def label(
 
 
 # ----------------------------------------------------------------------------- clear
-def _event_schema() -> pa.Schema:
-    return pa.schema(
-        [
-            ("timestamp", _TS),
-            ("actor", pa.string()),
-            ("model", pa.string()),
-            ("alias", pa.string()),
-            ("from_version", pa.string()),
-            ("to_version", pa.string()),
-            ("action", pa.string()),
-            ("reason", pa.string()),
-            ("gate_verdict", pa.string()),
-        ]
-    )
-
-
 def clear(project: Project, reason: str | None = None) -> ClearResult:
     """Lift the needs-review flag (a human decision) and record it in ``registry_events``.
 
@@ -474,7 +458,7 @@ def clear(project: Project, reason: str | None = None) -> ClearResult:
     flag was not set.
     """
     from loopline import status
-    from loopline.registry import actor
+    from loopline.registry import actor, events_schema
 
     who = actor()
     previous = status.clear_needs_review(project)
@@ -496,7 +480,7 @@ def clear(project: Project, reason: str | None = None) -> ClearResult:
     try:
         _store(project).append(
             REGISTRY_EVENTS,
-            pa.Table.from_pylist([row], schema=_event_schema()),
+            pa.Table.from_pylist([row], schema=events_schema()),
             action=REVIEW_CLEARED,
             model=project.registered_model,
         )

@@ -119,19 +119,7 @@ def loop_command(
     _run(project, env, window, since, until, scheduled, param, json_out)
 
 
-@run_app.command("loop")
-def run_loop(
-    project: ProjectOpt = None,
-    env: EnvOpt = None,
-    window: WindowOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    scheduled: ScheduledOpt = False,
-    param: ParamOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Run the loop once (as a job)."""
-    _run(project, env, window, since, until, scheduled, param, json_out)
+run_app.command("loop", help="Run the loop once (as a job, like `loopline loop`).")(loop_command)
 
 
 @app.command("demo")
