@@ -158,8 +158,8 @@ def test_loop_cli_exit_codes(project: Project, cli) -> None:  # type: ignore[no-
     assert r.returncode == 4, r.stderr
     assert "refused" in r.stdout
     r = cli("loop", "--since", "yesterday", cwd=p.root)
-    assert r.returncode == 1
-    assert "--since must be an ISO 8601 date or time like 2026-01-31T00:00, got 'yesterday'" in r.stderr
+    assert r.returncode == 2
+    assert "must be an ISO 8601 date or time like 2026-01-31 or 2026-01-31T12:00, got 'yesterday'" in r.stderr
     r = cli("runs", "--job", "loop", cwd=p.root)
     assert r.returncode == 0 and "loop" in r.stdout
 

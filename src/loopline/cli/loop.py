@@ -10,32 +10,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
-from loopline.errors import LooplineError
+from loopline.cli.window import SinceOpt, UntilOpt, WindowOpt, when, window_length
 
 if TYPE_CHECKING:
     from loopline.loop import LoopResult
 
-WindowOpt = Annotated[
-    str | None, typer.Option("--window", help="Current window, e.g. 7d (default: monitoring.window).")
-]
-SinceOpt = Annotated[str | None, typer.Option("--since", help="Window start (ISO 8601).", show_default=False)]
-UntilOpt = Annotated[
-    str | None, typer.Option("--until", help="Window end (ISO 8601, default now).", show_default=False)
-]
 ScheduledOpt = Annotated[
     bool, typer.Option("--scheduled", help="Retrain even without a breach (the schedule says so).")
 ]
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", help="name=value for the retraining source.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-
-
-def _when(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise LooplineError(f"{option} must be an ISO 8601 date or time like 2026-01-31T00:00, got {value!r}") from None
 
 
 def _run(
@@ -48,20 +32,16 @@ def _run(
     params: list[str] | None,
     as_json: bool,
 ) -> None:
-    from loopline.config import parse_duration
     from loopline.jobs import run_job
     from loopline.sources import parse_params
 
     project = load(project_dir, env)
-    try:
-        win = parse_duration(window) if window else None
-    except ValueError:
-        raise LooplineError(f"--window must be a duration like 7d, 12h or 30m, got {window!r}") from None
+    win = window_length(window)
     source = project.config.retraining.source
     options: dict[str, Any] = {
         "window": win,
-        "since": _when(since, "--since"),
-        "until": _when(until, "--until"),
+        "since": when(since, "--since"),
+        "until": when(until, "--until"),
         "scheduled": scheduled,
         "params": parse_params(params or [], source or "retraining.source"),
     }

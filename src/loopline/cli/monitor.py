@@ -3,48 +3,17 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 import typer
 
 from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
+from loopline.cli.window import SinceOpt, UntilOpt, WindowOpt, when, window_length
 
 if TYPE_CHECKING:
     from loopline.monitoring.monitor import MonitorResult
 
 VERDICT_STYLE = {"ok": "green", "breach": "bold red", "no_data": "yellow"}
-
-WindowOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--window",
-        "-w",
-        help="Window length up to now (or --until), e.g. 7d, 24h (default: monitoring.window).",
-        show_default=False,
-    ),
-]
-SinceOpt = Annotated[
-    str | None,
-    typer.Option("--since", help="Window start, ISO 8601 (UTC unless an offset is given).", show_default=False),
-]
-UntilOpt = Annotated[
-    str | None,
-    typer.Option("--until", help="Window end (exclusive), ISO 8601; default now.", show_default=False),
-]
-
-
-def _when(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(
-            f"must be an ISO 8601 date or time like 2026-01-31 or 2026-01-31T12:00, got {value!r}",
-            param_hint=f"'{option}'",
-        ) from None
-    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
 
 
 def _num(x: float | None) -> str:
@@ -135,19 +104,11 @@ def monitor_cmd(
     Exit codes: 0 within thresholds (or no data in the window); 10 on a breach: dataset or prediction
     drift, performance below the gate-time metric, or too many predictions out of range.
     """
-    from loopline.config import parse_duration
     from loopline.monitoring.monitor import monitor
 
-    length = None
-    if window is not None:
-        try:
-            length = parse_duration(window)
-        except ValueError:
-            raise typer.BadParameter(
-                f"must be a duration like 7d, 12h or 30m, got {window!r}", param_hint="'--window'"
-            ) from None
+    length = window_length(window)
     proj = load(project, env)
-    _finish(monitor(proj, length, _when(since, "--since"), _when(until, "--until")))
+    _finish(monitor(proj, length, when(since, "--since"), when(until, "--until")))
 
 
 @run_app.command("monitor")
@@ -164,7 +125,7 @@ def run_monitor(
     proj = load(project, env)
     options: dict[str, object] = {
         k: v
-        for k, v in (("window", window), ("since", _when(since, "--since")), ("until", _when(until, "--until")))
+        for k, v in (("window", window), ("since", when(since, "--since")), ("until", when(until, "--until")))
         if v is not None
     }
     record = run_job(proj, "monitor", **options)  # type: ignore[arg-type]
