@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,34 @@ def _client(port: int, seconds: float, warmup: float, start: float, out: mp.Queu
     out.put((lat, errors))
 
 
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = [==[BODY]==]
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK %d %d %d %.1f %.1f\\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def load_wrk(port: int, concurrency: int, seconds: float, warmup: float = 1.0) -> dict[str, float]:
+    """One cell with wrk (a C load generator: one thread, ``concurrency`` keep-alive connections).
+    A discarded warm-up run first; returns rps, p50, p99 (ms), n and errors of the measured run."""
+    script = Path(tempfile.gettempdir()) / f"loopline-bench-{os.getpid()}.lua"
+    script.write_text(WRK_LUA.replace("BODY", BODY.decode()))
+    url = f"http://127.0.0.1:{port}/invocations"
+    out: dict[str, float] = {}
+    for secs in (warmup, seconds):
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(secs))}s", "-s", str(script), url]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("WRK "))
+        n, dur_us, errors, p50, p99 = (float(v) for v in line.split()[1:])
+        out = {"n": n, "rps": n / (dur_us / 1e6), "errors": errors, "p50": p50 / 1000, "p99": p99 / 1000}
+    return out
+
+
 def load(port: int, concurrency: int, seconds: float, warmup: float = 1.0) -> tuple[list[float], int]:
     """One cell: ``concurrency`` client processes for ``seconds`` (after ``warmup``); latencies and errors."""
     ctx = mp.get_context("fork")
@@ -201,24 +230,41 @@ class Server:
 
 
 def measure(
-    servers: list[Server], conc: list[int], seconds: float, rounds: int
+    servers: list[Server], conc: list[int], seconds: float, rounds: int, client: str
 ) -> dict[str, dict[int, dict[str, float]]]:
     """Every server stays up; cells alternate between servers round by round, so a busy minute on a
-    shared machine hits all of them alike. CPU per request counts the server's own processes only."""
+    shared machine hits all of them alike. CPU per request counts the server's own processes only.
+    With wrk, p50/p99 are the median over rounds of each round's percentile."""
     acc: dict[tuple[str, int], list[Any]] = {}
     for c in conc:
         for _ in range(rounds):
             for srv in servers:
+                a = acc.setdefault((srv.label, c), [[], 0, 0.0, []])
                 cpu0 = session_cpu(srv.proc.pid)
-                lat, err = load(srv.port, c, seconds)
+                if client == "wrk":
+                    cell = load_wrk(srv.port, c, seconds)
+                    a[3].append(cell)
+                    a[1] += int(cell["errors"])
+                else:
+                    lat, err = load(srv.port, c, seconds)
+                    a[0].extend(lat)
+                    a[1] += err
                 cpu = session_cpu(srv.proc.pid) - cpu0
-                a = acc.setdefault((srv.label, c), [[], 0, 0.0])
-                a[0].extend(lat)
-                a[1] += err
                 a[2] += cpu * seconds / (seconds + 1.3)  # drop the warm-up share (approximately)
     out: dict[str, dict[int, dict[str, float]]] = {}
-    for (label, c), (lat, err, cpu) in acc.items():
-        out.setdefault(label, {})[c] = summarize(lat, err, seconds * rounds, cpu)
+    for (label, c), (lat, err, cpu, cells) in acc.items():
+        if cells:
+            n = sum(x["n"] for x in cells)
+            out.setdefault(label, {})[c] = {
+                "rps": sum(x["rps"] for x in cells) / len(cells),
+                "p50": statistics.median(x["p50"] for x in cells),
+                "p99": statistics.median(x["p99"] for x in cells),
+                "n": n,
+                "errors": err,
+                "cpu_ms": cpu * 1000 / max(n, 1),
+            }
+        else:
+            out.setdefault(label, {})[c] = summarize(lat, err, seconds * rounds, cpu)
     return out
 
 
@@ -228,6 +274,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="Cells per server and concurrency, interleaved.")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--workers", type=int, default=1, help="Worker processes of every server.")
+    ap.add_argument(
+        "--client",
+        choices=["wrk", "python"],
+        default="wrk" if shutil.which("wrk") else "python",
+        help="Load generator: wrk (C, default when on PATH: apt-get install wrk) or Python processes.",
+    )
     ap.add_argument("--keep", type=Path, default=None, help="Build the project here and keep it.")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="loopline-bench-"))
@@ -284,13 +336,13 @@ def main() -> None:
             servers.append(Server(label, [*cmd, str(port)], env_vars, port, ready, root))
         for srv in servers:
             wait_ready(srv.port, srv.ready, srv.proc)
-        results = measure(servers, args.concurrency, args.seconds, args.rounds)
+        results = measure(servers, args.concurrency, args.seconds, args.rounds, args.client)
     finally:
         for srv in servers:
             srv.stop()
     print(
         f"\none-row JSON, keep-alive, {args.rounds} interleaved rounds x {args.seconds:.0f} s per server and "
-        f"concurrency, {args.workers} worker(s) each, "
+        f"concurrency, {args.workers} worker(s) each, load generator {args.client}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'server':24} {'conc':>4} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'srv CPU ms/req':>14} {'errors':>6}")

@@ -37,6 +37,26 @@ def test_append_and_versions(store: DeltaStore) -> None:
     assert info.size_bytes > 0 and info.last_operation == "WRITE"
 
 
+def test_compact_merges_small_files_keeps_rows_and_time_travel(store: DeltaStore) -> None:
+    for i in range(6):
+        store.append("log", rows(2, f"b{i}", 2 * i))
+    before = store.version("log")
+    assert store.info("log").files == 6
+    removed, added = store.compact("log")
+    assert (removed, added) == (6, 1)
+    info = store.info("log")
+    assert (info.files, info.rows, info.last_operation) == (1, 12, "OPTIMIZE")
+    assert sorted(store.read("log").column("id").to_pylist()) == list(range(12))
+    assert store.read("log", version=before).num_rows == 12  # the old files stay until vacuum
+    store.append("log", rows(1, "after", 12))  # appends go on after a compaction
+    assert store.info("log").files == 2
+
+
+def test_compact_missing_table(store: DeltaStore) -> None:
+    with pytest.raises(TableError, match="nope"):
+        store.compact("nope")
+
+
 def test_replace_batch_is_idempotent_and_one_commit(store: DeltaStore) -> None:
     store.replace_batch("raw", rows(3, "a"), "a")
     store.replace_batch("raw", rows(4, "b", 10), "b")

@@ -233,6 +233,9 @@ class LogConfig(_Model):
     flush_rows: int = Field(1000, ge=1, description="Flush when this many rows are buffered.")
     flush_interval: Duration = Field(timedelta(seconds=2), description="Flush at least this often.")
     max_buffer_rows: int = Field(200_000, ge=1, description="Memory cap; beyond it rows spill to disk.")
+    compact_every: int = Field(
+        100, ge=0, description="Compact `inference_log` after this many commits by a worker (0 = never)."
+    )
     spill_dir: str | None = Field(None, description="Spill folder (default `<state>/spill`).")
     redact: dict[str, Literal["hash", "drop"]] = Field(default_factory=dict, description="PII columns to hash or drop.")
     salt_env: str = Field("LOOPLINE_REDACT_SALT", description="Environment variable with the hashing salt.")
@@ -250,6 +253,11 @@ class ServingConfig(_Model):
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body accepted (else 413).")
     reload_interval: Duration = Field(timedelta(seconds=10), description="How often the champion alias is polled.")
+    compile_trees: bool = Field(
+        True,
+        description="Predict scikit-learn/LightGBM tree ensembles through Treelite (one C++ call for all trees); "
+        "used only when it matches the model's own predictions at load.",
+    )
     log: LogConfig = Field(default_factory=LogConfig, description="Prediction log.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Bearer-token auth.")
 

@@ -295,6 +295,18 @@ class DeltaStore:
         removed = self.vacuum(name)
         return RetentionResult(name, column, cutoff, deleted, removed, self.version(name))
 
+    def compact(self, name: str, target_size: int | None = None) -> tuple[int, int]:
+        """Rewrite small files into fewer large ones (one commit, same rows, no data change), then write a
+        checkpoint. Appending to a Delta table costs more with every live file, so tables that take many
+        small appends (the prediction log) are compacted now and then. Returns (files removed, files added)."""
+        dt = self.table(name)
+        try:
+            metrics = dt.optimize.compact(target_size=target_size)
+            dt.create_checkpoint()
+        except Exception as exc:
+            raise TableError(f"compacting table {name!r} failed: {exc}") from exc
+        return int(metrics.get("numFilesRemoved", 0)), int(metrics.get("numFilesAdded", 0))
+
     def vacuum(self, name: str) -> int:
         """Physically remove files no longer referenced by the current version (time travel to them ends)."""
         files = self.table(name).vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False, full=True)

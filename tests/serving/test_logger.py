@@ -103,3 +103,23 @@ def test_hash_needs_salt(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ServingError, match=r"hashes \['email'\], but the salt variable NO_SUCH_SALT is not set"):
         Redactor({"email": "hash"}, "NO_SUCH_SALT")
     Redactor({"email": "drop"}, "NO_SUCH_SALT")  # dropping needs no salt
+
+
+def test_log_is_compacted_every_n_commits(tmp_path: Path) -> None:
+    store = DeltaStore(str(tmp_path / "tables"))
+    cfg = LogConfig(flush_rows=10_000, flush_interval=timedelta(seconds=60), compact_every=4)
+    metrics = Metrics()
+
+    async def scenario() -> None:
+        lg = PredictionLogger(store, cfg, "regression", tmp_path / "spill", metrics)
+        await lg.start()
+        for i in range(10):  # ten flushes: compacted after the 4th and the 8th
+            lg.record(_entry(i, rows=3))
+            await lg.flush()
+        await lg.close()
+
+    asyncio.run(scenario())
+    assert metrics.compactions._value.get() == 2
+    assert store.info("inference_log").files == 3  # one compacted file + the two commits after the last compaction
+    t = store.read("inference_log")
+    assert sorted(t.column("request_id").to_pylist()) == sorted(f"r{i}-{k}" for i in range(10) for k in range(3))

@@ -221,6 +221,7 @@ class PredictionLogger:
         self.metrics = metrics
         self.redactor = Redactor(cfg.redact, cfg.salt_env)
         self._append = writer or (lambda t: store.append(TABLE, t, writer="loopline.serving"))
+        self._writes_elsewhere = writer is not None  # a custom writer (tests): the store is not the target
         self._schema: pa.Schema | None = None
         self._buf: list[Entry] = []
         self._rows = 0
@@ -234,6 +235,7 @@ class PredictionLogger:
         self._last_overflow_log = 0.0
         self._pending: list[pa.Table] = []  # tables that could be neither written nor spilled
         self.rows_flushed = 0
+        self._commits = 0  # this worker's commits since the last compaction
 
     # ------------------------------------------------------------------ request path
     def record(self, entry: Entry) -> None:
@@ -393,6 +395,22 @@ class PredictionLogger:
         self.rows_flushed += rows
         self.metrics.flushed.inc(rows)
         self.metrics.flushes.inc()
+        self._commits += 1
+        if self.cfg.compact_every and self._commits >= self.cfg.compact_every:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Each append costs more with every live file: merge the small files now and then (flush thread)."""
+        self._commits = 0
+        if self._writes_elsewhere:
+            return
+        try:
+            removed, added = self.store.compact(TABLE)
+        except Exception as exc:  # e.g. another worker compacted the same files first: retried next time
+            log.info("compacting %s skipped: %s", TABLE, exc)
+            return
+        self.metrics.compactions.inc()
+        log.info("compacted %s: %d small files into %d", TABLE, removed, added)
 
     # ------------------------------------------------------------------ background flush
     def _flush_sync(self, entries: list[Entry]) -> None:

@@ -74,6 +74,9 @@ class Metrics:
             "loopline_log_rows_flushed", "Prediction-log rows committed to inference_log.", registry=r
         )
         self.flushes = Counter("loopline_log_flushes", "Prediction-log commits to inference_log.", registry=r)
+        self.compactions = Counter(
+            "loopline_log_compactions", "inference_log compactions (small files rewritten).", registry=r
+        )
         self.flush_failures = Counter(
             "loopline_log_flush_failures", "Failed inference_log writes (rows spilled).", registry=r
         )

@@ -111,7 +111,30 @@ def load_version(project: Project, version: str, run_id: str = "") -> LoadedMode
         raw=raw,
         loaded_at=time.time(),
     )
+    if raw is not None and project.config.serving.compile_trees:
+        model = _compiled(model)
     return _smoke_test(model)
+
+
+def _compiled(model: LoadedModel) -> LoadedModel:
+    """The model with its tree ensemble compiled by Treelite, when that predicts exactly as the
+    estimator does on the input example and probe rows around it; else unchanged."""
+    from loopline.treepredict import agrees, compile_trees, probe_rows
+
+    predictor = compile_trees(model.raw)
+    if predictor is None:
+        return model
+    try:
+        frame = _example_frame(model)
+        X = frame[model.signature.names].to_numpy(dtype=np.float64)
+    except Exception as exc:  # no usable example: keep the estimator's own predict
+        log.info("version %s: no numeric example to check the compiled trees on (%s)", model.version, exc)
+        return model
+    if not agrees(predictor, model.raw, probe_rows(X)):
+        log.warning("version %s: compiled trees disagree with the model; using its own predict", model.version)
+        return model
+    log.info("version %s: tree ensemble compiled with Treelite", model.version)
+    return dataclasses.replace(model, raw=predictor)
 
 
 def _fast_model(pyfunc: Any, sig: Signature) -> Any | None:
