@@ -1,14 +1,18 @@
 """Online serving benchmark: loopline's server vs ``mlflow models serve`` on the same registered model.
 
-    .venv/bin/python bench/serving.py [--seconds 4] [--rounds 3] [--concurrency 1 8] [--workers 1] [--keep DIR]
+    .venv/bin/python bench/serving.py [--seconds 4] [--rounds 3] [--concurrency 1 8] [--workers 1]
+        [--client wrk|python] [--plain] [--keep DIR]
 
 Builds a throwaway project (HistGradientBoostingRegressor, 100 trees, on 3 numeric columns, registered
 as ``prod.bench`` with alias ``champion`` in a sqlite registry) and starts four servers on 127.0.0.1:
 ``mlflow models serve -m models:/prod.bench@champion --env-manager local`` as is, the same with
 ``OMP_NUM_THREADS=1`` (loopline's default, so the fair baseline), ``loopline serve --env prod``
-(prediction log ON) and ``loopline serve --env nolog`` (log OFF). All stay up; a bounded load
-generator (one process per keep-alive ``http.client`` connection, one-row ``dataframe_split`` JSON,
-warm-up discarded) loads one server at a time, alternating servers round by round so that a busy
+(prediction log ON) and ``loopline serve --env nolog`` (log OFF); ``--plain`` adds loopline with
+``serving.compile_trees: false`` (the estimator's own predict instead of Treelite). All stay up; a
+bounded load generator (wrk, a C program: one thread, N keep-alive connections, when it is on PATH
+(``apt-get install wrk``); else one Python process per ``http.client`` connection, which takes CPU
+from the servers on a small machine) sends one-row ``dataframe_split`` JSON, warm-up discarded, to
+one server at a time, alternating servers round by round so that a busy
 minute on a shared machine hits all of them alike. Reports rps, p50, p99 (client side) and the
 servers' own CPU time per request (robust to other load on the machine), then the ratios the serving
 issue asks for:
@@ -52,6 +56,11 @@ YAML = textwrap.dedent(
         registered_model: prod.bench
         overrides:
           serving: {log: {enabled: false}}
+      plain:
+        tracking_uri: sqlite:///{db}
+        registered_model: prod.bench
+        overrides:
+          serving: {compile_trees: false}
     """
 )
 BODY = json.dumps({"dataframe_split": {"columns": ["x", "n", "z"], "data": [[12.5, 3, 0.25]]}}).encode()
@@ -86,8 +95,6 @@ def build(root: Path) -> None:
         MlflowClient(p.tracking_uri).set_registered_model_alias(p.registered_model, "champion", "1")
         """
     )
-    db = root / ".loopline" / "prod" / "mlflow.db"
-    (root / "loopline.yaml").write_text(YAML.replace("{db}", str(db)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
 
 
@@ -280,14 +287,20 @@ def main() -> None:
         default="wrk" if shutil.which("wrk") else "python",
         help="Load generator: wrk (C, default when on PATH: apt-get install wrk) or Python processes.",
     )
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="Also serve with serving.compile_trees off (the estimator's own predict, log on).",
+    )
     ap.add_argument("--keep", type=Path, default=None, help="Build the project here and keep it.")
     args = ap.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="loopline-bench-"))
     root.mkdir(parents=True, exist_ok=True)
-    if not (root / "loopline.yaml").exists():
+    db = root / ".loopline" / "prod" / "mlflow.db"
+    (root / "loopline.yaml").write_text(YAML.replace("{db}", str(db)))
+    if not db.exists():
         print(f"building the bench project in {root} ...", flush=True)
         build(root)
-    db = root / ".loopline" / "prod" / "mlflow.db"
     path = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"  # mlflow runs `uvicorn` from PATH
     base_env = {
         **os.environ,
@@ -314,7 +327,10 @@ def main() -> None:
         # the same with one OpenMP thread, as loopline runs by default: the fair baseline
         ("mlflow (OMP threads=1)", mlflow_cmd, {**base_env, "OMP_NUM_THREADS": "1"}, "/ping"),
     ]
-    for label, env in (("loopline (log on)", "prod"), ("loopline (log off)", "nolog")):
+    variants = [("loopline (log on)", "prod"), ("loopline (log off)", "nolog")]
+    if args.plain:
+        variants.append(("loopline (trees not compiled)", "plain"))
+    for label, env in variants:
         cmd = [
             str(VENV_BIN / "loopline"),
             "serve",
@@ -345,11 +361,11 @@ def main() -> None:
         f"concurrency, {args.workers} worker(s) each, load generator {args.client}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"{'server':24} {'conc':>4} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'srv CPU ms/req':>14} {'errors':>6}")
+    print(f"{'server':30} {'conc':>4} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'srv CPU ms/req':>14} {'errors':>6}")
     for name, by_c in results.items():
         for c, r in by_c.items():
             print(
-                f"{name:24} {c:>4} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['cpu_ms']:>14.2f} "
+                f"{name:30} {c:>4} {r['rps']:>8.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['cpu_ms']:>14.2f} "
                 f"{int(r['errors']):>6}"
             )
     on, off = results["loopline (log on)"], results["loopline (log off)"]

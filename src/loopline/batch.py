@@ -109,14 +109,12 @@ class InputStream:
 # ----------------------------------------------------------------------------- model
 def load_champion(project: Project) -> Champion:
     """Resolve ``models:/<registered>@champion`` to a version and load exactly that version."""
-    import mlflow.pyfunc
-
     from loopline import tracking
 
     mv = tracking.require_champion(project)  # RegistryError naming the model when there is none
     uri = f"models:/{mv.name}/{mv.version}"  # pinned: an alias moved mid-job cannot mix two versions
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        model = tracking.load_model(uri)
     except Exception as exc:
         raise BatchError(
             f"cannot load the champion {mv.name} version {mv.version} ({tracking.model_uri(project)}): {exc}",

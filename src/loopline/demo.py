@@ -162,8 +162,7 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> DemoResult:
     """Replay 2011; see the module docstring."""
-    import mlflow.pyfunc
-
+    from loopline import tracking
     from loopline.config import load_project
     from loopline.ingest import run_pipeline
     from loopline.registry import promote
@@ -182,7 +181,7 @@ def run_demo(
         raise LooplineError(f"the first model failed the gate: {first.gate.failed_rules}")
     promote(project, first.version, reason="demo: first model, trained on Jan-Mar")
     say(f"trained v{first.version} on Jan-Mar (test MAE {first.metrics.get('test_mae', float('nan')):.1f}); promoted")
-    baseline = mlflow.pyfunc.load_model(first.model_uri)
+    baseline = tracking.load_model(first.model_uri)
     result = DemoResult(baseline_version=first.version)
     logs = project.state_dir / "demo-server.log"
     with server(project, _free_port(), logs) as url:

@@ -162,16 +162,17 @@ class _Scored:
 
 def _score(uri: str, X: pd.DataFrame, task: str) -> _Scored:
     """Load a model from the registry and predict; every failure becomes a reason, never an exception."""
-    import mlflow
     import numpy as np
 
+    from loopline import tracking
+
     try:
-        model = mlflow.pyfunc.load_model(uri)
+        model = tracking.load_model(uri)
     except Exception as exc:
         return _Scored(error=f"fails to load ({type(exc).__name__}: {_short(exc)})")
     try:
         with small_input_threads(len(X)):
-            out = model.predict(X)
+            out: Any = model.predict(X)
     except Exception as exc:
         return _Scored(error=f"raises on predict ({type(exc).__name__}: {_short(exc)})")
     try:

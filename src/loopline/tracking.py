@@ -5,6 +5,9 @@ mlflow is imported inside the functions so that importing loopline stays fast.
 
 from __future__ import annotations
 
+import logging
+import platform
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loopline.errors import RegistryError
@@ -12,9 +15,11 @@ from loopline.errors import RegistryError
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+    from mlflow.pyfunc import PyFuncModel
 
     from loopline.config import Project
 
+log = logging.getLogger("loopline.tracking")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
@@ -84,3 +89,50 @@ def require_champion(project: Project) -> ModelVersion:
 
 def model_uri(project: Project, alias: str = CHAMPION) -> str:
     return f"models:/{project.registered_model}@{alias}"
+
+
+def load_model(uri: str) -> PyFuncModel:
+    """``mlflow.pyfunc.load_model`` without MLflow's own requirement check, which maps every installed
+    distribution to its modules (~1 s per load); :func:`requirement_mismatches` checks the model's
+    ``requirements.txt`` against the installed versions instead and each mismatch is logged as a warning."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)  # a local artifact store: its own folder
+    model = mlflow.pyfunc.load_model(local, suppress_warnings=True)
+    requirements = Path(local) / "requirements.txt"
+    if requirements.is_file():
+        for problem in requirement_mismatches(requirements.read_text().splitlines()):
+            log.warning("%s: %s", uri, problem)
+    logged = (model.metadata.flavors.get("python_function") or {}).get("python_version")
+    running = ".".join(platform.python_version_tuple()[:2])
+    if logged and ".".join(str(logged).split(".")[:2]) != running:
+        log.warning("%s was logged with Python %s; this is Python %s", uri, logged, running)
+    return model
+
+
+def requirement_mismatches(lines: list[str]) -> list[str]:
+    """Each pip requirement (``name[extras] specifier ; marker``) the running environment does not satisfy."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    problems = []
+    for raw in lines:
+        line = raw.split(" #", 1)[0].strip()
+        if not line or line.startswith(("#", "-")):
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue  # URLs, paths and editable installs: nothing to compare
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            have = version(req.name)
+        except PackageNotFoundError:
+            problems.append(f"the model requires {line}, which is not installed")
+            continue
+        if req.specifier and not req.specifier.contains(have, prereleases=True):
+            problems.append(f"the model requires {line}, this environment has {req.name}=={have}")
+    return problems

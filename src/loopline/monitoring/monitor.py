@@ -250,8 +250,7 @@ def monitor(
     checked_at = _utc(now or datetime.now(UTC))
     start, end = resolve_window(mon.window, window, since, until, now=checked_at)
 
-    import mlflow.pyfunc
-
+    from loopline import tracking
     from loopline.monitoring.report import write_reports
     from loopline.tables import DeltaStore
 
@@ -278,7 +277,7 @@ def monitor(
     pred_kind: dict[str, Kind] = {"prediction": "numeric" if cfg.model.task == "regression" else "categorical"}
 
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{champ.name}/{champ.version}")
+        model = tracking.load_model(f"models:/{champ.name}/{champ.version}")
     except Exception as exc:
         raise MonitoringError(f"cannot load champion {champ.name} v{champ.version}: {exc}") from exc
 

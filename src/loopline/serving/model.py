@@ -88,8 +88,6 @@ def _as_array(out: Any) -> np.ndarray:
 
 def load_version(project: Project, version: str, run_id: str = "") -> LoadedModel:
     """Load one registered version and smoke-test it on its input example; ModelError on failure."""
-    import mlflow
-
     from loopline import tracking
 
     tracking.client(project)
@@ -97,7 +95,7 @@ def load_version(project: Project, version: str, run_id: str = "") -> LoadedMode
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pyfunc = mlflow.pyfunc.load_model(uri)
+            pyfunc = tracking.load_model(uri)
     except Exception as exc:  # anything mlflow/flavors raise: a broken version must not crash the server
         raise ModelError(f"{uri} failed to load: {type(exc).__name__}: {exc}") from exc
     sig = Signature.from_pyfunc(pyfunc)

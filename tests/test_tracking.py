@@ -1,0 +1,59 @@
+"""tracking.load_model: MLflow's load with loopline's fast requirement check."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sklearn
+
+from loopline import tracking
+
+
+def test_requirement_mismatches_names_each_unsatisfied_pin() -> None:
+    have = sklearn.__version__
+    lines = [
+        "# a comment",
+        "-r other.txt",
+        f"scikit-learn=={have}",
+        "numpy>=1.0  # inline comment",
+        "scikit-learn==0.0.1",
+        "no-such-package-loopline==1.0",
+        "pandas==0.0.1; python_version < '3'",  # marker false here: not this environment's requirement
+        "git+https://example.invalid/repo.git",  # not a version pin
+    ]
+    problems = tracking.requirement_mismatches(lines)
+    assert problems == [
+        f"the model requires scikit-learn==0.0.1, this environment has scikit-learn=={have}",
+        "the model requires no-such-package-loopline==1.0, which is not installed",
+    ]
+
+
+def test_load_model_warns_on_mismatched_requirements(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import mlflow
+    from sklearn.linear_model import LinearRegression
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    X = np.arange(20.0).reshape(10, 2)
+    est = LinearRegression().fit(X, X.sum(axis=1))
+    exp = mlflow.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())
+    with mlflow.start_run(experiment_id=exp):
+        mlflow.sklearn.log_model(
+            est,
+            name="model",
+            pip_requirements=["scikit-learn==0.0.1", f"numpy=={np.__version__}"],
+            registered_model_name="t.m",
+            serialization_format="cloudpickle",
+        )
+    with caplog.at_level(logging.WARNING, logger="loopline.tracking"):
+        model = tracking.load_model("models:/t.m/1")
+    assert np.allclose(model.predict(X), X.sum(axis=1))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "loopline.tracking"]
+    assert warnings == [
+        f"models:/t.m/1: the model requires scikit-learn==0.0.1, this environment has "
+        f"scikit-learn=={sklearn.__version__}"
+    ]
