@@ -52,6 +52,33 @@ def test_compact_merges_small_files_keeps_rows_and_time_travel(store: DeltaStore
     assert store.info("log").files == 2
 
 
+def test_appenders_keep_handles_across_other_writers_and_compaction(store: DeltaStore) -> None:
+    a, b = store.appender("log", writer="a"), store.appender("log", writer="b")  # two server workers
+    a(rows(2, "a0"))  # creates the table
+    for i in range(3):
+        a(rows(2, f"a{i + 1}", 10 * i))
+        b(rows(1, f"b{i}", 100 + i))
+    store.compact("log")  # another process rewrites the files under both handles
+    a(rows(1, "a-after", 500))
+    b(rows(1, "b-after", 600))
+    t = store.read("log")
+    assert t.num_rows == 2 + 3 * 3 + 2
+    assert sorted(set(t.column("_batch_id").to_pylist())) == sorted(
+        ["a0", "a1", "a2", "a3", "b0", "b1", "b2", "a-after", "b-after"]
+    )
+    assert store.history("log", 1)[0]["writer"] == '"b"'
+
+
+def test_appender_refuses_a_wrong_type_and_recovers(store: DeltaStore) -> None:
+    app = store.appender("log")
+    app(rows(1, "x"))
+    app(rows(1, "y"))
+    with pytest.raises(TableError, match="appending to table 'log' failed"):
+        app(pa.table({"_batch_id": [1], "id": ["not an int"], "v": [1.0]}))
+    app(rows(1, "z"))
+    assert store.read("log").num_rows == 3
+
+
 def test_compact_missing_table(store: DeltaStore) -> None:
     with pytest.raises(TableError, match="nope"):
         store.compact("nope")

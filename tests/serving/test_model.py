@@ -36,3 +36,15 @@ def test_served_trees_are_compiled_and_match_the_estimator(project: Path) -> Non
 def test_a_broken_version_is_refused(project: Path) -> None:
     with pytest.raises(ModelError, match=r"version 3 failed its smoke test: .*this model is broken"):
         load_version(load_project(project, "prod"), "3")
+
+
+def test_startup_heap_is_frozen_out_of_the_cyclic_collector() -> None:
+    import gc
+
+    from loopline.serving.app import _freeze_startup_heap
+
+    try:
+        _freeze_startup_heap()
+        assert gc.get_freeze_count() > 10_000  # pytest, numpy, mlflow...: all of it out of full collections
+    finally:
+        gc.unfreeze()

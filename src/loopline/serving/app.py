@@ -135,6 +135,17 @@ def _limit_native_threads() -> None:
     threadpool_limits(limits=int(os.environ.get("LOOPLINE_SERVE_THREADS", "1")))
 
 
+def _freeze_startup_heap() -> None:
+    """Move everything alive after startup (mlflow, sklearn, the model: millions of objects) out of
+    the cyclic garbage collector's reach. Otherwise a full collection, which the request and flush
+    garbage triggers now and then, walks all of it and stalls the event loop for 100-200 ms (seen as
+    the p99 of a loaded server). Refcounting still frees these objects; new garbage is collected as usual."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(project: Project | None = None) -> FastAPI:
     """The ASGI app (uvicorn factory). ``project`` defaults to LOOPLINE_PROJECT / LOOPLINE_ENV."""
     if not logging.getLogger().handlers:  # a spawned worker: same log format as `loopline serve`
@@ -158,6 +169,7 @@ def create_app(project: Project | None = None) -> FastAPI:
         if S.holder.current is None:
             log.warning("starting NOT READY (%s): %s", result, S.holder.last_error)
         S.holder.start(S.serving.reload_interval.total_seconds())
+        _freeze_startup_heap()
         try:
             yield
         finally:  # uvicorn has stopped accepting and drained in-flight requests

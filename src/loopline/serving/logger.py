@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("loopline.serving.log")
 TABLE = "inference_log"
 TS = pa.timestamp("us", tz="UTC")
+# compaction merges files up to this size and then leaves them alone: each compaction rewrites at most
+# this much (one core, off the event loop), however large the log grows
+COMPACT_FILE_BYTES = 32 * 1024 * 1024
 BASE_COLUMNS = (
     "request_id",
     "timestamp",
@@ -220,7 +223,8 @@ class PredictionLogger:
         self.spill_dir = spill_dir
         self.metrics = metrics
         self.redactor = Redactor(cfg.redact, cfg.salt_env)
-        self._append = writer or (lambda t: store.append(TABLE, t, writer="loopline.serving"))
+        self._appender = store.appender(TABLE, writer="loopline.serving")
+        self._append = writer or self._appender
         self._writes_elsewhere = writer is not None  # a custom writer (tests): the store is not the target
         self._schema: pa.Schema | None = None
         self._buf: list[Entry] = []
@@ -405,7 +409,8 @@ class PredictionLogger:
         if self._writes_elsewhere:
             return
         try:
-            removed, added = self.store.compact(TABLE)
+            removed, added = self.store.compact(TABLE, target_size=COMPACT_FILE_BYTES, threads=1)
+            self._appender.reset()
         except Exception as exc:  # e.g. another worker compacted the same files first: retried next time
             log.info("compacting %s skipped: %s", TABLE, exc)
             return

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import time
 import warnings
@@ -255,6 +256,7 @@ class ModelHolder:
             log.error("not serving version %s (keeping %s): %s", version, old, exc)
             return "failed"
         self.current = model  # the atomic swap: in-flight requests keep their reference
+        gc.freeze()  # the new model's objects join the startup heap, out of the cyclic collector's walks
         self._refused = None
         self.last_error = None
         self.metrics.reload(ok=True)
