@@ -501,6 +501,24 @@ def _snapshot_reader(
     return pa.RecordBatchReader.from_batches(target, read())
 
 
+def build_rows(
+    pairs: Iterable[tuple[pa.RecordBatch, np.ndarray]],
+    builder: RowBuilder,
+    counts: dict[str, int],
+    progress: ProgressFn | None,
+    total: int | None,
+) -> Iterator[pa.RecordBatch]:
+    """``predictions`` rows for (input batch, predictions) pairs; counts rows and out-of-range rows into
+    ``counts`` and reports progress as it goes (shared by the local and Spark engines)."""
+    for rb, pred in pairs:
+        out = builder.build(rb, pred)
+        counts["rows"] += rb.num_rows
+        counts["out"] += int(np.count_nonzero(out.column("out_of_range").to_numpy(zero_copy_only=False)))
+        if progress is not None:
+            progress(counts["rows"], total)
+        yield out
+
+
 def rechunk(source: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
     """Batches of at most ``size`` rows (empty ones dropped)."""
     for rb in source:
@@ -601,23 +619,14 @@ def score(
     predict = Predictor(champion, inputs, stream.name, fast=fast)
     source = peek(rechunk(batches(stream.reader), cfg.batch.batch_size), stream.name)
     counts = {"rows": 0, "out": 0}
-
-    def rows() -> Iterator[pa.RecordBatch]:
-        for rb, pred in predict_stream(predict, source):
-            out = builder.build(rb, pred)
-            counts["rows"] += rb.num_rows
-            counts["out"] += int(np.count_nonzero(out.column("out_of_range").to_numpy(zero_copy_only=False)))
-            if progress is not None:
-                progress(counts["rows"], stream.total)
-            yield out
-
+    rows = build_rows(predict_stream(predict, source), builder, counts, progress, stream.total)
     with warnings.catch_warnings():  # a model fitted on a DataFrame, given the same columns as numpy
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         version = write_stream(
             store,
             bid,
             builder.schema,
-            rows(),
+            rows,
             model=champion.name,
             model_version=champion.version,
             input=stream.name,

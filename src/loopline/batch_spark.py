@@ -33,6 +33,7 @@ from loopline.batch import (
     ModelInputs,
     ProgressFn,
     RowBuilder,
+    build_rows,
     check_schema,
     default_batch_id,
     load_champion,
@@ -189,7 +190,7 @@ def score_spark(
         builder = RowBuilder(project, champion, bid, [schema.field(k) for k in keys], cfg.batch.batch_size)
         counts = {"rows": 0, "out": 0}
 
-        def rows() -> Iterator[pa.RecordBatch]:
+        def predictions() -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
             for rb in staged.to_batches(batch_size=cfg.batch.batch_size):
                 if not rb.num_rows:
                     continue
@@ -199,18 +200,13 @@ def score_spark(
                     if result_type == "double"
                     else np.asarray(col.to_pylist(), dtype=object)
                 )
-                out = builder.build(rb, pred)
-                counts["rows"] += rb.num_rows
-                counts["out"] += int(np.count_nonzero(out.column("out_of_range").to_numpy(zero_copy_only=False)))
-                if progress is not None:
-                    progress(counts["rows"], total)
-                yield out
+                yield rb, pred
 
         table_version = write_stream(
             store,
             bid,
             builder.schema,
-            rows(),
+            build_rows(predictions(), builder, counts, progress, total),
             model=champion.name,
             model_version=champion.version,
             input=where,

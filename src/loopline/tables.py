@@ -22,7 +22,7 @@ from loopline.errors import SqlError, TableError
 
 if TYPE_CHECKING:
     import duckdb
-    from deltalake import DeltaTable
+    from deltalake import CommitProperties, DeltaTable
 
 TABLE_NAMES = (
     "raw",
@@ -74,6 +74,13 @@ class TableBackend(Protocol):
     def version(self, name: str) -> int: ...
 
 
+def commit_properties(meta: dict[str, Any]) -> CommitProperties:
+    """Delta commit metadata: each value as JSON (who wrote, which batch, which model...)."""
+    from deltalake import CommitProperties
+
+    return CommitProperties(custom_metadata={k: json.dumps(v, default=str) for k, v in meta.items()})
+
+
 def sql_literal(value: Any) -> str:
     """A value as a SQL literal for Delta predicates (strings quoted, quotes doubled)."""
     if isinstance(value, bool):
@@ -98,7 +105,7 @@ class Appender:
         self._dt: DeltaTable | None = None
 
     def __call__(self, data: ArrowData) -> None:
-        from deltalake import CommitProperties, write_deltalake
+        from deltalake import write_deltalake
 
         if self._dt is None:
             if not self.store.exists(self.name):
@@ -107,7 +114,7 @@ class Appender:
             self._dt = self.store.table(self.name)
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
-        props = CommitProperties(custom_metadata={k: json.dumps(v, default=str) for k, v in self.meta.items()})
+        props = commit_properties(self.meta)
         try:
             write_deltalake(self._dt, data, mode="append", schema_mode="merge", commit_properties=props)
         except Exception as exc:
@@ -166,11 +173,11 @@ class DeltaStore:
 
     # ------------------------------------------------------------------ writes (one commit each)
     def _write(self, name: str, data: ArrowData, mode: str, predicate: str | None = None, **meta: Any) -> int:
-        from deltalake import CommitProperties, write_deltalake
+        from deltalake import write_deltalake
 
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
-        props = CommitProperties(custom_metadata={k: json.dumps(v, default=str) for k, v in meta.items()})
+        props = commit_properties(meta)
         try:
             write_deltalake(  # type: ignore[call-overload]
                 self.uri(name),
@@ -205,7 +212,6 @@ class DeltaStore:
 
     def merge(self, name: str, data: ArrowData, keys: Sequence[str], **meta: Any) -> int:
         """Upsert by ``keys``: matching rows updated, new rows inserted; one commit."""
-        from deltalake import CommitProperties
 
         if not keys:
             raise TableError(f"merge into {name!r} needs at least one key column")
@@ -214,7 +220,7 @@ class DeltaStore:
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
         on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        props = CommitProperties(custom_metadata={k: json.dumps(v, default=str) for k, v in meta.items()})
+        props = commit_properties(meta)
         try:
             (
                 self.table(name)
