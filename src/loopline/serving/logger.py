@@ -1,209 +1,50 @@
 """The prediction log: every prediction the server returns lands in the ``inference_log`` table.
 
 Off the request path: a request appends one entry to an in-memory buffer (a list append under a
-lock). A background task flushes the buffer as one Delta commit when it holds ``flush_rows`` rows
-or every ``flush_interval``. If the commit fails, the rows (already redacted) go to an Arrow file in
-the spill folder and are replayed, oldest first, before the next flush and at the next start. If the
-buffer passes ``max_buffer_rows`` (the table is slow, not failing), it is spilled to disk at once,
-counted in ``loopline_log_buffer_overflows`` and logged. ``close()`` (lifespan shutdown, after
-uvicorn drained in-flight requests) flushes what is left, so a clean SIGTERM loses nothing.
+lock). A background task flushes the buffer when it holds ``flush_rows`` rows or every
+``flush_interval``. One worker of the server is the committer (``spill.SpillFolder``): it commits its
+own rows plus the files the other workers staged in the spill folder, as one Delta commit; the other
+workers only stage. If the commit fails, the rows (already redacted) stay in, or go to, the spill
+folder and are committed, oldest first, at the next flush and at the next start. If the buffer passes
+``max_buffer_rows`` (the table is slow, not failing), it is spilled at once, counted in
+``loopline_log_buffer_overflows`` and logged. ``close()`` (lifespan shutdown, after uvicorn drained
+in-flight requests) flushes what is left; the last worker to close commits everything staged, so a
+clean SIGTERM loses nothing.
 
-Replay is at-least-once: a crash between a successful replay commit and deleting its spill file
-would commit those rows twice (``request_id`` identifies them).
+Commits are at-least-once: a crash between a successful commit and deleting its staged files would
+commit those rows twice (``request_id`` identifies them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import threading
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 
-from loopline.errors import ServingError
+from loopline.serving.logrows import BASE_COLUMNS, Entry, Redactor, build_table, conform, misfit, yield_gil
+from loopline.serving.spill import SpillFolder
 
 if TYPE_CHECKING:
     from loopline.config import LogConfig
     from loopline.serving.metrics import Metrics
     from loopline.tables import DeltaStore
 
+__all__ = ["BASE_COLUMNS", "TABLE", "Entry", "PredictionLogger", "Redactor"]
+
 log = logging.getLogger("loopline.serving.log")
 TABLE = "inference_log"
-TS = pa.timestamp("us", tz="UTC")
 # compaction merges files up to this size and then leaves them alone: each compaction rewrites at most
 # this much (one core, off the event loop), however large the log grows
 COMPACT_FILE_BYTES = 32 * 1024 * 1024
-BASE_COLUMNS = (
-    "request_id",
-    "timestamp",
-    "model_name",
-    "model_version",
-    "endpoint",
-    "status",
-    "latency_ms",
-    "prediction",
-)
-
-
-@dataclass
-class Entry:
-    """One request's predictions (n rows)."""
-
-    request_ids: list[str]
-    ts_us: int
-    model_name: str
-    model_version: str
-    endpoint: str
-    latency_ms: float
-    predictions: np.ndarray
-    inputs: dict[str, np.ndarray]
-    passthrough: dict[str, list[Any]] = field(default_factory=dict)
-    status: int = 200
-
-
-class Redactor:
-    """``serving.log.redact``: hash (sha256 of salt + value, hex) or drop columns before they are written."""
-
-    def __init__(self, rules: Mapping[str, str], salt_env: str) -> None:
-        self.rules = dict(rules)
-        self.salt = b""
-        if any(v == "hash" for v in self.rules.values()):
-            salt = os.environ.get(salt_env)
-            if not salt:
-                raise ServingError(
-                    f"serving.log.redact hashes {[k for k, v in self.rules.items() if v == 'hash']}, "
-                    f"but the salt variable {salt_env} is not set",
-                    hint=f"export {salt_env}=<a long random secret> (keep it stable: it makes hashes joinable)",
-                )
-            self.salt = salt.encode()
-
-    def hash(self, value: Any) -> str:
-        return hashlib.sha256(self.salt + str(value).encode()).hexdigest()
-
-    def apply(self, table: pa.Table) -> pa.Table:
-        for col, how in self.rules.items():
-            if col not in table.column_names:
-                continue
-            i = table.column_names.index(col)
-            if how == "drop":
-                table = table.remove_column(i)
-            else:
-                values = table.column(i).to_pylist()
-                hashed = [None if v is None else self.hash(v) for v in values]
-                table = table.set_column(i, col, pa.array(hashed, type=pa.string()))
-        return table
-
-
-def _arrow(values: np.ndarray | list[Any]) -> pa.Array:
-    if isinstance(values, np.ndarray):
-        if values.dtype == object:
-            return _arrow(values.tolist())
-        if values.dtype.kind == "M":
-            return pa.array(values.astype("datetime64[us]")).cast(TS)
-        return pa.array(values)
-    try:
-        arr = pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
-    if pa.types.is_null(arr.type):
-        return arr.cast(pa.string())
-    return arr
-
-
-def build_table(entries: list[Entry], task: str, redactor: Redactor) -> pa.Table:
-    """Buffered entries -> one Arrow table in the ``inference_log`` layout (docs/contracts.md)."""
-    counts = [len(e.request_ids) for e in entries]
-    total = sum(counts)
-    ids: list[str] = []
-    for e in entries:
-        ids.extend(e.request_ids)
-    cols: dict[str, pa.Array] = {
-        "request_id": pa.array(ids, type=pa.string()),
-        "timestamp": pa.array(np.repeat(np.array([e.ts_us for e in entries], dtype=np.int64), counts))
-        .cast(pa.int64())
-        .cast(TS),
-        "model_name": pa.array(
-            np.repeat(np.array([e.model_name for e in entries], dtype=object), counts).tolist(), type=pa.string()
-        ),
-        "model_version": pa.array(
-            np.repeat(np.array([e.model_version for e in entries], dtype=object), counts).tolist(), type=pa.string()
-        ),
-        "endpoint": pa.array(
-            np.repeat(np.array([e.endpoint for e in entries], dtype=object), counts).tolist(), type=pa.string()
-        ),
-        "status": pa.array(np.repeat(np.array([e.status for e in entries], dtype=np.int64), counts)),
-        "latency_ms": pa.array(np.repeat(np.array([e.latency_ms for e in entries], dtype=np.float64), counts)),
-    }
-    preds = [np.asarray(e.predictions) for e in entries]
-    if task == "regression" and all(p.ndim == 1 and p.dtype.kind in "fiub" for p in preds):
-        cols["prediction"] = pa.array(np.concatenate(preds).astype(np.float64))
-    else:
-        flat: list[Any] = []
-        for p in preds:
-            flat.extend(str(v) for v in p.tolist())
-        cols["prediction"] = pa.array(flat, type=pa.string())
-    names: list[str] = []
-    for e in entries:
-        for k in (*e.inputs, *e.passthrough):
-            if k not in names and k not in cols:
-                names.append(k)
-    for name in names:
-        same = [e.inputs.get(name) for e in entries]
-        first = same[0]
-        if (
-            isinstance(first, np.ndarray)
-            and first.dtype != object
-            and first.dtype.kind != "M"
-            and all(isinstance(a, np.ndarray) and a.dtype == first.dtype for a in same)
-        ):  # the common case: one typed column across the batch, one conversion
-            cols[name] = pa.array(np.concatenate(same))  # type: ignore[arg-type]
-            continue
-        parts: list[pa.Array] = []
-        for e, n in zip(entries, counts, strict=True):
-            if name in e.inputs:
-                parts.append(_arrow(e.inputs[name]))
-            elif name in e.passthrough:  # key columns sent beside the inputs: stored as strings
-                parts.append(pa.array([None if v is None else str(v) for v in e.passthrough[name]], pa.string()))
-            else:
-                parts.append(pa.nulls(n))
-        cols[name] = _concat(parts)
-    table = pa.table(cols)
-    assert table.num_rows == total
-    return redactor.apply(table)
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    for i, name in enumerate(table.column_names):
-        if name in schema.names:
-            want = schema.field(name).type
-            col = table.column(i)
-            if col.type != want:
-                try:
-                    table = table.set_column(i, name, col.cast(want))
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                    pass  # leave it; the write reports the conflict
-    return table
-
-
-def _concat(parts: list[pa.Array]) -> pa.Array:
-    types = {p.type for p in parts if not pa.types.is_null(p.type)}
-    if not types:
-        return pa.nulls(sum(len(p) for p in parts), pa.string())
-    if len(types) == 1:
-        t = types.pop()
-        return pa.concat_arrays([p.cast(t) for p in parts])
-    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in types):
-        return pa.concat_arrays([p.cast(pa.float64()) for p in parts])
-    return pa.concat_arrays([p.cast(pa.string()) for p in parts])
+# at shutdown a worker that is not the committer waits this long (at least) for the committer's lock
+FINAL_WAIT_SECONDS = 5.0
 
 
 class PredictionLogger:
@@ -221,9 +62,10 @@ class PredictionLogger:
         self.cfg = cfg
         self.task = task
         self.spill_dir = spill_dir
+        self.folder = SpillFolder(spill_dir)
         self.metrics = metrics
         self.redactor = Redactor(cfg.redact, cfg.salt_env)
-        self._appender = store.appender(TABLE, writer="loopline.serving")
+        self._appender = store.appender(TABLE, writer="loopline.serving", pid=os.getpid())
         self._append = writer or self._appender
         self._writes_elsewhere = writer is not None  # a custom writer (tests): the store is not the target
         self._schema: pa.Schema | None = None
@@ -297,31 +139,43 @@ class PredictionLogger:
         self._spill(build_table(entries, self.task, self.redactor))
         self.metrics.buffer_rows.set(self._rows)
 
-    def _write(self, table: pa.Table) -> None:
-        """One commit; columns the table already has are cast to its types (a new model version may
-        send an int where the log has a float)."""
+    # ------------------------------------------------------------------ writing
+    def _table_schema(self) -> pa.Schema | None:
         if self._schema is None and self.store.exists(TABLE):
             try:
                 self._schema = self.store.schema(TABLE)
             except Exception:
                 self._schema = None
-        if self._schema is not None:
-            table = _conform(table, self._schema)
+        return self._schema
+
+    def _write(self, table: pa.Table) -> None:
+        """One commit; columns the table already has are cast to its types (a new model version may
+        send an int where the log has a float)."""
+        schema = self._table_schema()
+        if schema is not None:
+            table = conform(table, schema)
         try:
             self._append(table)
         except Exception:
             self._schema = None  # re-read next time
             raise
 
-    # ------------------------------------------------------------------ spill files
-    def _spill(self, table: pa.Table) -> None:
+    def _combine(self, parts: list[pa.Table]) -> pa.Table | None:
+        """Several tables as one (columns unified by name; missing ones null); None if they do not fit."""
+        if len(parts) == 1:
+            return parts[0]
+        schema = self._table_schema()
+        if schema is not None:
+            parts = [conform(p, schema) for p in parts]
         try:
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
-            name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.arrow"
-            tmp = self.spill_dir / f".{name}.tmp"
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-                w.write_table(table)
-            os.replace(tmp, self.spill_dir / name)
+            return pa.concat_tables(parts, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return None
+
+    def _spill(self, table: pa.Table) -> None:
+        """Rows that could not be committed now: to the spill folder, or kept in memory if even that fails."""
+        try:
+            self.folder.put(table)
             self.metrics.spilled.inc(table.num_rows)
         except OSError as exc:
             log.error(
@@ -331,69 +185,108 @@ class PredictionLogger:
                 exc,
             )
             self._pending.append(table)
-        self._count_spill_files()
+        self.metrics.spill_pending.set(self.folder.count())
 
-    def _count_spill_files(self) -> None:
+    def _stage(self, table: pa.Table) -> None:
+        """Not the committer: leave the rows in the spill folder for the committer's next commit."""
         try:
-            self.metrics.spill_pending.set(len(list(self.spill_dir.glob("*.arrow"))))
-        except OSError:
-            pass
+            self.folder.put(table)
+            self.metrics.staged.inc(table.num_rows)
+        except OSError as exc:  # the folder is unusable: commit them directly
+            log.warning("cannot stage prediction-log rows in %s (%s); committing them directly", self.spill_dir, exc)
+            self._commit(table)
 
-    def _reclaim_stale(self) -> None:
-        """Spill files claimed by a worker that died are put back for replay."""
-        if not self.spill_dir.is_dir():
+    def _commit(self, own: pa.Table | None) -> None:
+        """The committer's flush: rows kept in memory, then spill files oldest first, then ``own``, as one
+        commit. Rows that can never fit the table (a column of another type) are set aside in
+        ``rejected/`` first. If the commit fails, one commit each, oldest first, to the first failure;
+        what is left stays in the folder for the next flush."""
+        claimed: list[Path] = []
+        tables: list[pa.Table] = []
+        for p in self.folder.waiting():
+            c = self.folder.claim(p)
+            if c is None:
+                continue
+            try:
+                t = self.folder.read(c)
+            except (OSError, pa.ArrowInvalid) as exc:
+                self._set_aside(p.name, f"unreadable: {exc}", c)
+                continue
+            if (why := self._misfit(t)) is not None:
+                self._set_aside(p.name, why, c)
+                continue
+            claimed.append(c)
+            tables.append(t)
+        parts = [*self._pending, *tables, *([own] if own is not None else [])]
+        if parts and not self._commit_together(parts, claimed):
+            self._commit_one_by_one(claimed, tables, own)
+        self.metrics.spill_pending.set(self.folder.count())
+
+    def _commit_together(self, parts: list[pa.Table], claimed: list[Path]) -> bool:
+        combined = self._combine(parts)
+        if combined is None:
+            return False
+        try:
+            self._write(combined)
+        except Exception as exc:
+            log.warning("committing %d prediction-log parts failed (%s); trying one at a time", len(parts), exc)
+            return False
+        self._pending.clear()
+        for c in claimed:
+            c.unlink()
+        self._flushed(combined.num_rows)
+        return True
+
+    def _misfit(self, table: pa.Table) -> str | None:
+        schema = self._table_schema()
+        return None if schema is None else misfit(conform(table, schema), schema)
+
+    def _set_aside(self, what: str, why: str, source: Path | pa.Table) -> None:
+        self.metrics.flush_failures.inc()
+        try:
+            where = self.folder.reject(source) if isinstance(source, Path) else self.folder.put(source, rejected=True)
+        except OSError as exc:
+            log.error(
+                "prediction-log rows (%s) can never be committed (%s) and cannot be set aside: %s", what, why, exc
+            )
             return
-        for p in self.spill_dir.glob("*.arrow.claimed-*"):
-            pid = int(p.name.rsplit("-", 1)[1]) if p.name.rsplit("-", 1)[1].isdigit() else -1
-            if pid == os.getpid() or not _alive(pid):
-                try:
-                    os.replace(p, p.with_name(p.name.split(".claimed-")[0]))
-                except OSError:
-                    pass
+        log.error("prediction-log rows (%s) can never be committed to %s (%s); moved to %s", what, TABLE, why, where)
 
-    def _replay(self) -> bool:
-        """Commit spill files oldest first; stop at the first failure. True when none are left."""
+    def _commit_one_by_one(self, claimed: list[Path], tables: list[pa.Table], own: pa.Table | None) -> None:
+        failed = False
         for t in list(self._pending):
             try:
                 self._write(t)
             except Exception:
-                return False
+                failed = True
+                break
             self._pending.remove(t)
             self._flushed(t.num_rows)
-        if not self.spill_dir.is_dir():
-            return True
-        for p in sorted(self.spill_dir.glob("*.arrow")):
-            claimed = p.with_name(f"{p.name}.claimed-{os.getpid()}")
-            try:
-                os.replace(p, claimed)  # atomic claim: another worker may be replaying too
-            except OSError:
+        for c, t in zip(claimed, tables, strict=True):
+            if failed:
+                self.folder.release(c)
                 continue
             try:
-                with pa.memory_map(str(claimed)) as src:
-                    table = pa.ipc.open_file(src).read_all()
-                self._write(table)
+                self._write(t)
             except Exception as exc:
-                if "schema" in str(exc).lower():  # will never fit: set aside so it cannot block the log
-                    rejected = self.spill_dir / "rejected"
-                    rejected.mkdir(exist_ok=True)
-                    os.replace(claimed, rejected / p.name)
-                    self.metrics.flush_failures.inc()
-                    log.error(
-                        "spill file %s does not fit the inference_log schema (%s); moved to %s for a manual fix",
-                        p.name,
-                        exc,
-                        rejected,
-                    )
-                    continue
-                os.replace(claimed, p)
-                log.warning("replaying %s failed (%s); will retry", p.name, exc)
-                self._count_spill_files()
-                return False
-            claimed.unlink()
-            self._flushed(table.num_rows)
-            log.info("replayed %d spilled prediction-log rows from %s", table.num_rows, p.name)
-        self._count_spill_files()
-        return True
+                log.warning("committing spill file %s failed (%s); will retry", self.folder.original(c).name, exc)
+                self.folder.release(c)
+                failed = True
+                continue
+            c.unlink()
+            self._flushed(t.num_rows)
+        if own is None:
+            return
+        if not failed:
+            try:
+                self._write(own)
+            except Exception as exc:
+                log.error("writing %d rows to %s failed; spilled to %s: %s", own.num_rows, TABLE, self.spill_dir, exc)
+            else:
+                self._flushed(own.num_rows)
+                return
+        self.metrics.flush_failures.inc()
+        self._spill(own)
 
     def _flushed(self, rows: int) -> None:
         self.rows_flushed += rows
@@ -411,30 +304,61 @@ class PredictionLogger:
         try:
             removed, added = self.store.compact(TABLE, target_size=COMPACT_FILE_BYTES, threads=1)
             self._appender.reset()
-        except Exception as exc:  # e.g. another worker compacted the same files first: retried next time
+        except Exception as exc:  # e.g. a `loopline retention` run rewrote the same files first: retried next time
             log.info("compacting %s skipped: %s", TABLE, exc)
             return
         self.metrics.compactions.inc()
         log.info("compacted %s: %d small files into %d", TABLE, removed, added)
 
     # ------------------------------------------------------------------ background flush
-    def _flush_sync(self, entries: list[Entry]) -> None:
-        replayed = self._replay()
+    def _own_table(self, entries: list[Entry]) -> pa.Table | None:
+        """This worker's buffered rows as a table; requests whose rows can never fit the table (e.g. a new
+        model version sends text where the log has numbers) are set aside, the rest go on."""
         if not entries:
+            return None
+        own = build_table(entries, self.task, self.redactor, yield_gil)
+        if self._misfit(own) is None:
+            return own
+        good: list[Entry] = []
+        bad: list[Entry] = []
+        for e in entries:
+            (bad if self._misfit(build_table([e], self.task, self.redactor)) else good).append(e)
+        if bad:
+            rows = build_table(bad, self.task, self.redactor)
+            self._set_aside(f"{rows.num_rows} rows of this worker", self._misfit(rows) or "", rows)
+        return build_table(good, self.task, self.redactor) if good else None
+
+    def _flush_sync(self, entries: list[Entry]) -> None:
+        own = self._own_table(entries)
+        if self.folder.try_lead():
+            self._commit(own)
             return
-        table = build_table(entries, self.task, self.redactor)
-        if not replayed:  # keep order: the table is down, do not try it again now
-            self.metrics.flush_failures.inc()
-            self._spill(table)
-            return
+        for t in list(self._pending):  # rows an earlier failure kept in memory: to the folder, if it works now
+            try:
+                self.folder.put(t)
+            except OSError:
+                break
+            self._pending.remove(t)
+        if own is not None:
+            self._stage(own)
+
+    def _final_sync(self, entries: list[Entry]) -> None:
+        """Shutdown: commit (or stage) what is left; the last worker to close commits everything staged."""
+        own = self._own_table(entries)
+        if not self.folder.try_lead():
+            if own is not None:
+                self._stage(own)
+                own = None
+            # the committer is closing too (it resigns after its last commit) or keeps running (and commits
+            # these files at its next flush): wait for the lock a little, then leave the files to it
+            wait = max(FINAL_WAIT_SECONDS, 2 * self.cfg.flush_interval.total_seconds())
+            if not self.folder.lead(timeout=wait):
+                log.info("staged prediction-log rows are left to the committing worker")
+                return
         try:
-            self._write(table)
-        except Exception as exc:
-            self.metrics.flush_failures.inc()
-            log.error("writing %d rows to %s failed; spilled to %s: %s", table.num_rows, TABLE, self.spill_dir, exc)
-            self._spill(table)
-            return
-        self._flushed(table.num_rows)
+            self._commit(own)
+        finally:
+            self.folder.resign()
 
     async def flush(self) -> None:
         async with self._flush_lock:
@@ -461,8 +385,7 @@ class PredictionLogger:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._event = asyncio.Event()
-        self._reclaim_stale()
-        await asyncio.to_thread(self._replay)
+        await asyncio.to_thread(self._flush_sync, [])  # the first worker to start commits what an earlier run left
         self._task = self._loop.create_task(self._run())
 
     async def close(self) -> None:
@@ -472,20 +395,11 @@ class PredictionLogger:
             self._event.set()
             await self._task  # lets a flush in progress finish
             self._task = None
-        await self.flush()
+        async with self._flush_lock:
+            entries = self._take()
+            self.metrics.buffer_rows.set(self._rows)
+            await asyncio.to_thread(self._final_sync, entries)
         if self._pending:
             log.critical(
                 "%d prediction-log rows could be neither written nor spilled", sum(t.num_rows for t in self._pending)
             )
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

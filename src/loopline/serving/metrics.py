@@ -83,13 +83,21 @@ class Metrics:
         self.spilled = Counter(
             "loopline_log_rows_spilled", "Prediction-log rows written to the local spill folder.", registry=r
         )
+        self.staged = Counter(
+            "loopline_log_rows_staged",
+            "Prediction-log rows a worker left in the spill folder for the committing worker.",
+            registry=r,
+        )
         self.overflows = Counter(
             "loopline_log_buffer_overflows",
             "Times the in-memory buffer passed serving.log.max_buffer_rows.",
             registry=r,
         )
         self.spill_pending = Gauge(
-            "loopline_log_spill_files", "Spill files waiting to be replayed.", registry=r, multiprocess_mode="livemax"
+            "loopline_log_spill_files",
+            "Spill-folder files waiting for a commit.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.feedback = Counter(
             "loopline_feedback_rows", "Feedback rows by whether the request id was known.", ["known"], registry=r

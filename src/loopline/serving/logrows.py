@@ -1,0 +1,203 @@
+"""Rows of the prediction log: one request's predictions (``Entry``), PII redaction and the Arrow
+table in the ``inference_log`` layout (docs/contracts.md) that a flush commits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from loopline.errors import ServingError
+
+TS = pa.timestamp("us", tz="UTC")
+BASE_COLUMNS = (
+    "request_id",
+    "timestamp",
+    "model_name",
+    "model_version",
+    "endpoint",
+    "status",
+    "latency_ms",
+    "prediction",
+)
+
+
+@dataclass
+class Entry:
+    """One request's predictions (n rows)."""
+
+    request_ids: list[str]
+    ts_us: int
+    model_name: str
+    model_version: str
+    endpoint: str
+    latency_ms: float
+    predictions: np.ndarray
+    inputs: dict[str, np.ndarray]
+    passthrough: dict[str, list[Any]] = field(default_factory=dict)
+    status: int = 200
+
+
+class Redactor:
+    """``serving.log.redact``: hash (sha256 of salt + value, hex) or drop columns before they are written."""
+
+    def __init__(self, rules: Mapping[str, str], salt_env: str) -> None:
+        self.rules = dict(rules)
+        self.salt = b""
+        if any(v == "hash" for v in self.rules.values()):
+            salt = os.environ.get(salt_env)
+            if not salt:
+                raise ServingError(
+                    f"serving.log.redact hashes {[k for k, v in self.rules.items() if v == 'hash']}, "
+                    f"but the salt variable {salt_env} is not set",
+                    hint=f"export {salt_env}=<a long random secret> (keep it stable: it makes hashes joinable)",
+                )
+            self.salt = salt.encode()
+
+    def hash(self, value: Any) -> str:
+        return hashlib.sha256(self.salt + str(value).encode()).hexdigest()
+
+    def apply(self, table: pa.Table) -> pa.Table:
+        for col, how in self.rules.items():
+            if col not in table.column_names:
+                continue
+            i = table.column_names.index(col)
+            if how == "drop":
+                table = table.remove_column(i)
+            else:
+                values = table.column(i).to_pylist()
+                hashed = [None if v is None else self.hash(v) for v in values]
+                table = table.set_column(i, col, pa.array(hashed, type=pa.string()))
+        return table
+
+
+def _arrow(values: np.ndarray | list[Any]) -> pa.Array:
+    if isinstance(values, np.ndarray):
+        if values.dtype == object:
+            return _arrow(values.tolist())
+        if values.dtype.kind == "M":
+            return pa.array(values.astype("datetime64[us]")).cast(TS)
+        return pa.array(values)
+    try:
+        arr = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    if pa.types.is_null(arr.type):
+        return arr.cast(pa.string())
+    return arr
+
+
+def build_table(
+    entries: list[Entry], task: str, redactor: Redactor, pause: Callable[[], None] | None = None
+) -> pa.Table:
+    """Buffered entries -> one Arrow table in the ``inference_log`` layout (docs/contracts.md).
+
+    Written for the common batch (one-row requests with the same typed columns): per-entry work is
+    list comprehensions, then one conversion per column. ``pause`` runs between columns: the flush
+    thread passes ``yield_gil``, because a conversion over thousands of Python objects is a single C
+    call that keeps the GIL, and the event loop would wait for the whole build (up to 14 ms for 4,000
+    rows, measured) instead of for one column."""
+    step = pause or (lambda: None)
+    counts = [len(e.request_ids) for e in entries]
+    total = sum(counts)
+    take = None if total == len(entries) else pa.array(np.repeat(np.arange(len(entries)), counts))
+
+    def per_entry(values: list[Any], typ: pa.DataType) -> pa.Array:
+        arr = pa.array(values, type=typ)
+        step()
+        return arr if take is None else arr.take(take)
+
+    ids: list[str] = (
+        [i for e in entries for i in e.request_ids] if take is not None else [e.request_ids[0] for e in entries]
+    )
+    cols: dict[str, pa.Array] = {"request_id": pa.array(ids, type=pa.string())}
+    step()
+    cols["timestamp"] = per_entry([e.ts_us for e in entries], pa.int64()).cast(TS)
+    cols["model_name"] = per_entry([e.model_name for e in entries], pa.string())
+    cols["model_version"] = per_entry([e.model_version for e in entries], pa.string())
+    cols["endpoint"] = per_entry([e.endpoint for e in entries], pa.string())
+    cols["status"] = per_entry([e.status for e in entries], pa.int64())
+    cols["latency_ms"] = per_entry([e.latency_ms for e in entries], pa.float64())
+    preds = [np.asarray(e.predictions) for e in entries]
+    kinds = {(p.ndim, p.dtype.kind) for p in preds}
+    if task == "regression" and all(nd == 1 and k in "fiub" for nd, k in kinds):
+        cols["prediction"] = pa.array(np.concatenate(preds).astype(np.float64))
+    else:
+        cols["prediction"] = pa.array([str(v) for p in preds for v in p.tolist()], type=pa.string())
+    step()
+    names: dict[str, None] = {}  # input columns in the order they are first seen
+    for keys in dict.fromkeys((*e.inputs, *e.passthrough) for e in entries):  # few distinct key sets
+        names.update((k, None) for k in keys if k not in cols)
+    for name in names:
+        cols[name] = _input_column(name, entries, counts)
+        step()
+    table = pa.table(cols)
+    assert table.num_rows == total
+    return redactor.apply(table)
+
+
+def _input_column(name: str, entries: list[Entry], counts: list[int]) -> pa.Array:
+    same = [e.inputs.get(name) for e in entries]
+    try:
+        dtypes = {a.dtype for a in same}  # type: ignore[union-attr]
+    except AttributeError:  # missing in some entries, or a list
+        dtypes = set()
+    if len(dtypes) == 1 and dtypes.pop().kind not in "OM":
+        return pa.array(np.concatenate(same))  # type: ignore[arg-type]  # the common case: one conversion
+    parts: list[pa.Array] = []
+    for e, n in zip(entries, counts, strict=True):
+        if name in e.inputs:
+            parts.append(_arrow(e.inputs[name]))
+        elif name in e.passthrough:  # key columns sent beside the inputs: stored as strings
+            parts.append(pa.array([None if v is None else str(v) for v in e.passthrough[name]], pa.string()))
+        else:
+            parts.append(pa.nulls(n))
+    return _concat(parts)
+
+
+def yield_gil() -> None:
+    """Let a thread waiting for the GIL (the event loop) take it now, not after the switch interval."""
+    time.sleep(0)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    for i, name in enumerate(table.column_names):
+        if name in schema.names:
+            want = schema.field(name).type
+            col = table.column(i)
+            if col.type != want:
+                try:
+                    table = table.set_column(i, name, col.cast(want))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    pass  # leave it; the write reports the conflict
+    return table
+
+
+def _concat(parts: list[pa.Array]) -> pa.Array:
+    types = {p.type for p in parts if not pa.types.is_null(p.type)}
+    if not types:
+        return pa.nulls(sum(len(p) for p in parts), pa.string())
+    if len(types) == 1:
+        t = types.pop()
+        return pa.concat_arrays([p.cast(t) for p in parts])
+    if all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in types):
+        return pa.concat_arrays([p.cast(pa.float64()) for p in parts])
+    return pa.concat_arrays([p.cast(pa.string()) for p in parts])
+
+
+def misfit(table: pa.Table, schema: pa.Schema) -> str | None:
+    """Why ``table`` can never be appended to a table of ``schema`` (a shared column of a type that does
+    not cast), or None. New columns are fine: the log's schema grows."""
+    for name in table.column_names:
+        if name in schema.names:
+            want = schema.field(name).type
+            got = table.schema.field(name).type
+            if got != want and not pa.types.is_null(got):
+                return f"column {name!r} is {got}, the table has {want}"
+    return None
