@@ -400,3 +400,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    sys.stdout.flush()
+    os._exit(0)  # delta-rs/Arrow thread pools can abort the interpreter at teardown (as in the CLI)
