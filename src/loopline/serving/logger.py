@@ -192,9 +192,16 @@ class PredictionLogger:
         try:
             self.folder.put(table)
             self.metrics.staged.inc(table.num_rows)
-        except OSError as exc:  # the folder is unusable: commit them directly
+        except OSError as exc:  # the folder is unusable: write these rows directly (not the folder's)
             log.warning("cannot stage prediction-log rows in %s (%s); committing them directly", self.spill_dir, exc)
-            self._commit(table)
+            try:
+                self._write(table)
+            except Exception as write_exc:
+                self.metrics.flush_failures.inc()
+                log.error("writing %d rows to %s failed; keeping them in memory: %s", table.num_rows, TABLE, write_exc)
+                self._pending.append(table)
+            else:
+                self._flushed(table.num_rows)
 
     def _commit(self, own: pa.Table | None) -> None:
         """The committer's flush: rows kept in memory, then spill files oldest first, then ``own``, as one
