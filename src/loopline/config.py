@@ -234,9 +234,14 @@ class LogConfig(_Model):
     flush_interval: Duration = Field(timedelta(seconds=2), description="Flush at least this often.")
     max_buffer_rows: int = Field(200_000, ge=1, description="Memory cap; beyond it rows spill to disk.")
     compact_every: int = Field(
-        100, ge=0, description="Compact `inference_log` after this many commits by a worker (0 = never)."
+        100, ge=0, description="Compact `inference_log` after this many log commits (0 = never)."
     )
     spill_dir: str | None = Field(None, description="Spill folder (default `<state>/spill`).")
+    committer_process: bool = Field(
+        True,
+        description="`loopline serve` commits the log from a separate low-priority process; the workers only "
+        "stage their rows (off: one worker commits for all).",
+    )
     redact: dict[str, Literal["hash", "drop"]] = Field(default_factory=dict, description="PII columns to hash or drop.")
     salt_env: str = Field("LOOPLINE_REDACT_SALT", description="Environment variable with the hashing salt.")
 

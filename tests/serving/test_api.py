@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,6 +314,13 @@ def test_metrics(http: httpx.Client) -> None:
     ):
         assert name in text, name
     assert 'endpoint="invocations",status="400"' in text
+    # the committer process commits the logged rows; its counters are part of every worker's /metrics
+    deadline = time.monotonic() + 15
+    while not re.search(r"^loopline_log_rows_flushed_total [1-9]", text, re.M):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+        text = http.get("/metrics").text
+    assert re.search(r"^loopline_log_rows_staged_total [1-9]", text, re.M), text
 
 
 def test_openapi_documents_everything(http: httpx.Client) -> None:

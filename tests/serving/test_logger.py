@@ -13,6 +13,7 @@ import pytest
 from loopline.config import LogConfig
 from loopline.errors import ServingError
 from loopline.serving.logger import Entry, PredictionLogger, Redactor
+from loopline.serving.logrows import build_table
 from loopline.serving.metrics import Metrics
 from loopline.tables import DeltaStore
 
@@ -123,3 +124,60 @@ def test_log_is_compacted_every_n_commits(tmp_path: Path) -> None:
     assert store.info("inference_log").files == 3  # one compacted file + the two commits after the last compaction
     t = store.read("inference_log")
     assert sorted(t.column("request_id").to_pylist()) == sorted(f"r{i}-{k}" for i in range(10) for k in range(3))
+
+
+def test_flush_builds_between_requests(tmp_path: Path) -> None:
+    """The flush builds its table on the event loop one column at a time: other tasks (requests) run
+    between the columns, not after the whole build; the rows are those of a one-shot build."""
+    store = DeltaStore(str(tmp_path / "tables"))
+    cfg = LogConfig(flush_rows=10_000, flush_interval=timedelta(seconds=60))
+    steps: list[str] = []
+
+    async def scenario() -> None:
+        lg = PredictionLogger(store, cfg, "regression", tmp_path / "spill", Metrics())
+        await lg.start()
+        entries = [_entry(i, rows=1 + i % 3) for i in range(200)]
+
+        async def requests() -> None:
+            for _ in range(20):
+                steps.append("request")
+                await asyncio.sleep(0)
+
+        serving = asyncio.ensure_future(requests())
+        await asyncio.sleep(0)
+        steps.append("build starts")
+        built = await lg._build(entries)
+        steps.append("build done")
+        await serving
+        assert built is not None
+        assert built.equals(build_table(entries, "regression", lg.redactor))
+        await lg.close()
+
+    asyncio.run(scenario())
+    during = steps[steps.index("build starts") + 1 : steps.index("build done")]
+    assert during.count("request") >= 5, steps  # one per column: 8 base + x, n, email
+
+
+def test_rows_being_flushed_are_still_known(tmp_path: Path) -> None:
+    """Feedback asks ``buffered_ids`` whether a request id is known: rows taken from the buffer by a flush
+    in progress still are, until they are staged or committed (then the folder or the table has them)."""
+    store = DeltaStore(str(tmp_path / "tables"))
+    cfg = LogConfig(flush_rows=10_000, flush_interval=timedelta(seconds=60))
+    seen: list[set[str]] = []
+
+    async def scenario() -> None:
+        lg = PredictionLogger(store, cfg, "regression", tmp_path / "spill", Metrics())
+        await lg.start()
+        for i in range(50):
+            lg.record(_entry(i))
+        flush = asyncio.ensure_future(lg.flush())
+        await asyncio.sleep(0)  # the flush took the buffer and is building its table
+        assert lg.buffered_rows == 0
+        seen.append(lg.buffered_ids({"r7-0", "nope"}))
+        await flush
+        seen.append(lg.buffered_ids({"r7-0"}))
+        await lg.close()
+
+    asyncio.run(scenario())
+    assert seen == [{"r7-0"}, set()]
+    assert "r7-0" in store.read("inference_log").column("request_id").to_pylist()

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from _serving import log_rows, read_log, set_champion, start_server
 
 from loopline.tables import DeltaStore
@@ -62,15 +63,25 @@ class Load:
         self.stop()
 
 
-def test_sigterm_under_load_is_lossless(project: Path) -> None:
+@pytest.mark.parametrize("committer_process", [True, False], ids=["committer-process", "worker-commits"])
+def test_sigterm_under_load_is_lossless(project: Path, committer_process: bool) -> None:
     """Two workers under 30 s of load, SIGTERM mid-load: exit 0 and every returned prediction is in the
-    table, committed (nothing left staged in the spill folder) by one committing worker at a time."""
+    table, committed (nothing left staged in the spill folder) by the committer process, or without it
+    by one committing worker at a time."""
+    if not committer_process:
+        yaml = project / "loopline.yaml"
+        yaml.write_text(
+            yaml.read_text().replace(
+                "    flush_interval: 0.3s\n", "    flush_interval: 0.3s\n    committer_process: false\n"
+            )
+        )
     srv = start_server(project, workers=2)
     with Load(srv.url, threads=4) as load:
         time.sleep(30)
         code = srv.stop()  # signal while the clients are still sending
     assert code == 0, srv.output()
-    assert srv.output().count("prediction log flushed") == 2, srv.output()  # each worker flushed its buffer
+    assert srv.output().count("prediction log closed") == 2, srv.output()  # each worker flushed its buffer
+    assert ("prediction-log committer stopped (exit 0" in srv.output()) is committer_process, srv.output()
     assert not load.failures, load.failures[:5]
     assert len(load.ok_ids) > 200
     table = read_log(project)
@@ -87,7 +98,11 @@ def test_sigterm_under_load_is_lossless(project: Path) -> None:
     ]
     committers = [w["pid"] for w in writes]
     changes = sum(1 for a, b in itertools.pairwise(committers) if a != b)
-    assert changes <= 1, committers  # one worker commits; the other takes over only when it leaves
+    if committer_process:
+        workers = re.findall(r"Started server process \[(\d+)\]", srv.output())
+        assert changes == 0 and len(workers) == 2 and str(committers[0]) not in workers, (committers, workers)
+    else:
+        assert changes <= 1, committers  # one worker commits; the other takes over only when it leaves
 
 
 def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -131,7 +146,7 @@ def test_hot_reload_promote_broken_rollback(project: Path) -> None:
         assert http.get("/ready").json()["version"] == "1"
         assert "this model is broken" in srv.output()
         metrics = http.get("/metrics").text
-        assert re.search(r'loopline_model_info\{model="prod.demo",run_id="\w+",version="1"\} 1.0', metrics)
+        assert re.search(r'loopline_model_info\{model="prod.demo",pid="\d+",run_id="\w+",version="1"\} 1.0', metrics)
     finally:
         assert srv.stop() == 0
     versions = set(read_log(project).column("model_version").to_pylist())

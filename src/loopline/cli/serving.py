@@ -67,12 +67,21 @@ def serve(
     os.environ.setdefault("OMP_NUM_THREADS", os.environ.get("LOOPLINE_SERVE_THREADS", "1"))
     os.environ["LOOPLINE_PROJECT"] = str(proj.root)
     os.environ["LOOPLINE_ENV"] = proj.env
+    use_committer = cfg.log.enabled and cfg.log.committer_process and os.name == "posix"
     prom_dir = None
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        prom_dir = tempfile.mkdtemp(prefix="loopline-prom-")
+    if (workers > 1 or use_committer) and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        prom_dir = tempfile.mkdtemp(prefix="loopline-prom-")  # metrics of all processes, one /metrics
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom_dir
     os.environ["LOOPLINE_LOG_LEVEL"] = log_level
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    committer = None
+    if use_committer:  # commits the prediction log beside the workers (they stage their rows)
+        from loopline.serving import committer as log_committer
+        from loopline.serving.logger import COMMITTER_ENV
+
+        committer = log_committer.start()
+        if committer is not None:
+            os.environ[COMMITTER_ENV] = str(committer.pid)
     console.print(
         f"serving [bold]models:/{proj.registered_model}@champion[/] ({proj.env}) on http://{host}:{port} "
         f"with {workers} worker(s)",
@@ -103,5 +112,7 @@ def serve(
         else:
             _graceful_server(config).run()
     finally:
+        if committer is not None:  # after the workers staged their last rows: commit them all, then exit
+            log_committer.stop(committer)
         if prom_dir:
             shutil.rmtree(prom_dir, ignore_errors=True)

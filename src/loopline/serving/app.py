@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +29,7 @@ from loopline import __version__
 from loopline.config import Project
 from loopline.serving import openapi as oa
 from loopline.serving.auth import Auth, AuthFailed
-from loopline.serving.logger import Entry, PredictionLogger
+from loopline.serving.logger import Entry, PredictionLogger, spill_path
 from loopline.serving.metrics import Metrics, mark_process_dead
 from loopline.serving.model import LoadedModel, ModelHolder
 from loopline.serving.protocols import KIND_TO_V2, Parsed, encode_predictions, encode_v2, parse_mlflow, parse_v2
@@ -74,9 +73,7 @@ class Server:
         self.holder = ModelHolder(project, self.metrics)
         self.logger: PredictionLogger | None = None
         if cfg.serving.log.enabled:
-            spill = cfg.serving.log.spill_dir
-            spill_dir = Path(project.resolve_path(spill)) if spill else project.state_dir / "spill"
-            self.logger = PredictionLogger(self.store, cfg.serving.log, self.task, spill_dir, self.metrics)
+            self.logger = PredictionLogger(self.store, cfg.serving.log, self.task, spill_path(project), self.metrics)
         self.names = {project.registered_model, cfg.model.name}
         self.feedback_schema: Any = None  # cached schema of the feedback table
 
@@ -176,7 +173,11 @@ def create_app(project: Project | None = None) -> FastAPI:
             await S.holder.stop()
             if S.logger is not None:
                 await S.logger.close()
-                log.info("prediction log flushed (%d rows written by this worker)", S.logger.rows_flushed)
+                log.info(
+                    "prediction log closed (%d rows committed, %d staged by this worker)",
+                    S.logger.rows_flushed,
+                    S.logger.rows_staged,
+                )
             mark_process_dead(os.getpid())
 
     app = FastAPI(

@@ -1,8 +1,9 @@
 """``POST /feedback``: labels appended to the ``feedback`` table in one Delta commit per call.
 
 The response says ``ok`` only after the commit, so an ok is durable. Request ids are checked against
-``inference_log`` and this worker's log buffer; unknown ones are accepted and listed (the prediction
-may still sit in another worker's buffer, or the label may arrive before a batch is logged).
+this worker's log buffer, the rows staged in the spill folder and ``inference_log``; unknown ones are
+accepted and listed (the prediction may still sit in another worker's buffer, or the label may arrive
+before a batch is logged).
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def _conform(S: Server, table: pa.Table) -> pa.Table:
 def known_ids(S: Server, ids: list[str]) -> set[str]:
     wanted = set(ids)
     found = S.logger.buffered_ids(wanted) if S.logger is not None else set()
+    if S.logger is not None:  # in the order rows move: buffer, spill folder, table
+        found |= S.logger.staged_ids(wanted - found)
     rest = wanted - found
     if rest:
         import pyarrow.compute as pc

@@ -2,14 +2,17 @@
 
 Off the request path: a request appends one entry to an in-memory buffer (a list append under a
 lock). A background task flushes the buffer when it holds ``flush_rows`` rows or every
-``flush_interval``. One worker of the server is the committer (``spill.SpillFolder``): it commits its
-own rows plus the files the other workers staged in the spill folder, as one Delta commit; the other
-workers only stage. If the commit fails, the rows (already redacted) stay in, or go to, the spill
-folder and are committed, oldest first, at the next flush and at the next start. If the buffer passes
-``max_buffer_rows`` (the table is slow, not failing), it is spilled at once, counted in
-``loopline_log_buffer_overflows`` and logged. ``close()`` (lifespan shutdown, after uvicorn drained
-in-flight requests) flushes what is left; the last worker to close commits everything staged, so a
-clean SIGTERM loses nothing.
+``flush_interval``: it builds the rows' Arrow table on the event loop, one column at a time with
+requests served in between, and *stages* it in the spill folder (an Arrow file, written off the
+loop). ``loopline serve`` runs a committer process beside the workers (``serving.committer``,
+``serving.log.committer_process``) that commits staged files to the table; without one (or when it
+is gone) one worker takes the committer's lock (``spill.SpillFolder``) and commits its own rows plus
+the others' staged files (``commit.LogCommitter``). If a commit fails, the rows (already redacted)
+stay in the spill folder and are committed, oldest first, at the next commit and at the next start.
+If the buffer passes ``max_buffer_rows`` (the flush is slow, not failing), it is spilled at once,
+counted in ``loopline_log_buffer_overflows`` and logged. ``close()`` (lifespan shutdown, after
+uvicorn drained in-flight requests) stages what is left; the committer process, or the last worker
+to close, commits everything staged, so a clean SIGTERM loses nothing.
 
 Commits are at-least-once: a crash between a successful commit and deleting its staged files would
 commit those rows twice (``request_id`` identifies them).
@@ -28,23 +31,28 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from loopline.serving.logrows import BASE_COLUMNS, Entry, Redactor, build_table, conform, misfit, yield_gil
-from loopline.serving.spill import SpillFolder
+from loopline.serving.commit import TABLE, LogCommitter
+from loopline.serving.logrows import BASE_COLUMNS, Entry, Redactor, build_steps, build_table
+from loopline.serving.spill import SpillFolder, alive
 
 if TYPE_CHECKING:
-    from loopline.config import LogConfig
-    from loopline.serving.metrics import Metrics
+    from loopline.config import LogConfig, Project
+    from loopline.serving.metrics import LogMetrics
     from loopline.tables import DeltaStore
 
-__all__ = ["BASE_COLUMNS", "TABLE", "Entry", "PredictionLogger", "Redactor"]
+__all__ = ["BASE_COLUMNS", "COMMITTER_ENV", "TABLE", "Entry", "PredictionLogger", "Redactor"]
 
 log = logging.getLogger("loopline.serving.log")
-TABLE = "inference_log"
-# compaction merges files up to this size and then leaves them alone: each compaction rewrites at most
-# this much (one core, off the event loop), however large the log grows
-COMPACT_FILE_BYTES = 32 * 1024 * 1024
+# set by `loopline serve` for its workers: the pid of the server's committer process
+COMMITTER_ENV = "LOOPLINE_LOG_COMMITTER"
 # at shutdown a worker that is not the committer waits this long (at least) for the committer's lock
 FINAL_WAIT_SECONDS = 5.0
+
+
+def spill_path(project: Project) -> Path:
+    """The spill folder: ``serving.log.spill_dir``, by default ``<state>/spill``."""
+    spill = project.config.serving.log.spill_dir
+    return Path(project.resolve_path(spill)) if spill else project.state_dir / "spill"
 
 
 class PredictionLogger:
@@ -54,22 +62,21 @@ class PredictionLogger:
         cfg: LogConfig,
         task: str,
         spill_dir: Path,
-        metrics: Metrics,
+        metrics: LogMetrics,
         *,
         writer: Callable[[pa.Table], Any] | None = None,
     ) -> None:
-        self.store = store
         self.cfg = cfg
         self.task = task
         self.spill_dir = spill_dir
         self.folder = SpillFolder(spill_dir)
         self.metrics = metrics
         self.redactor = Redactor(cfg.redact, cfg.salt_env)
-        self._appender = store.appender(TABLE, writer="loopline.serving", pid=os.getpid())
-        self._append = writer or self._appender
-        self._writes_elsewhere = writer is not None  # a custom writer (tests): the store is not the target
-        self._schema: pa.Schema | None = None
+        self.committer = LogCommitter(store, cfg, self.folder, metrics, writer=writer)
+        pid = os.environ.get(COMMITTER_ENV, "")
+        self._committer_pid: int | None = int(pid) if pid.isdigit() else None
         self._buf: list[Entry] = []
+        self._flushing: list[Entry] = []  # taken from the buffer, not yet staged or committed
         self._rows = 0
         self._lock = threading.Lock()
         self._flush_lock = asyncio.Lock()
@@ -79,9 +86,12 @@ class PredictionLogger:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._last_overflow_log = 0.0
-        self._pending: list[pa.Table] = []  # tables that could be neither written nor spilled
-        self.rows_flushed = 0
-        self._commits = 0  # this worker's commits since the last compaction
+        self.rows_staged = 0
+
+    @property
+    def rows_flushed(self) -> int:
+        """Rows this worker committed itself (none while the server's committer process runs)."""
+        return self.committer.rows_flushed
 
     # ------------------------------------------------------------------ request path
     def record(self, entry: Entry) -> None:
@@ -96,12 +106,17 @@ class PredictionLogger:
             self._overflow()
 
     def buffered_ids(self, wanted: set[str]) -> set[str]:
+        """Which of ``wanted`` are rows this worker has not staged or committed yet."""
         with self._lock:
-            entries = list(self._buf)
+            entries = [*self._buf, *self._flushing]
         found: set[str] = set()
         for e in entries:
             found.update(wanted.intersection(e.request_ids))
         return found
+
+    def staged_ids(self, wanted: set[str]) -> set[str]:
+        """Which of ``wanted`` are rows waiting in the spill folder (staged by any worker)."""
+        return self.folder.request_ids(wanted) if wanted else set()
 
     @property
     def buffered_rows(self) -> int:
@@ -115,9 +130,12 @@ class PredictionLogger:
         else:
             self._loop.call_soon_threadsafe(self._event.set)
 
-    def _take(self) -> list[Entry]:
+    def _take(self, flushing: bool = False) -> list[Entry]:
+        """Empty the buffer; ``flushing``: the entries stay visible to ``buffered_ids`` until staged."""
         with self._lock:
             entries, self._buf, self._rows = self._buf, [], 0
+            if flushing:
+                self._flushing = entries
         return entries
 
     def _overflow(self) -> None:
@@ -136,222 +154,81 @@ class PredictionLogger:
                 rows,
                 self.spill_dir,
             )
-        self._spill(build_table(entries, self.task, self.redactor))
+        self.committer.spill(build_table(entries, self.task, self.redactor))
         self.metrics.buffer_rows.set(self._rows)
 
     # ------------------------------------------------------------------ writing
-    def _table_schema(self) -> pa.Schema | None:
-        if self._schema is None and self.store.exists(TABLE):
-            try:
-                self._schema = self.store.schema(TABLE)
-            except Exception:
-                self._schema = None
-        return self._schema
+    # ------------------------------------------------------------------ background flush
+    def _own_table(self, entries: list[Entry], built: pa.Table | None) -> pa.Table | None:
+        """This worker's buffered rows (``built`` from ``entries``); requests whose rows can never fit the
+        table (e.g. a new model version sends text where the log has numbers) are set aside, the rest go on."""
+        if built is None or self.committer.misfit_of(built) is None:
+            return built
+        good: list[Entry] = []
+        bad: list[Entry] = []
+        for e in entries:
+            (bad if self.committer.misfit_of(build_table([e], self.task, self.redactor)) else good).append(e)
+        if bad:
+            rows = build_table(bad, self.task, self.redactor)
+            self.committer.set_aside(f"{rows.num_rows} rows of this worker", self.committer.misfit_of(rows) or "", rows)
+        return build_table(good, self.task, self.redactor) if good else None
 
-    def _write(self, table: pa.Table) -> None:
-        """One commit; columns the table already has are cast to its types (a new model version may
-        send an int where the log has a float)."""
-        schema = self._table_schema()
-        if schema is not None:
-            table = conform(table, schema)
-        try:
-            self._append(table)
-        except Exception:
-            self._schema = None  # re-read next time
-            raise
+    def _process_commits(self) -> bool:
+        """Whether the server's committer process is running (then this worker only stages)."""
+        if self._committer_pid is None:
+            return False
+        if alive(self._committer_pid):
+            return True
+        log.warning(
+            "the prediction-log committer process (pid %d) is gone; the workers commit the log themselves",
+            self._committer_pid,
+        )
+        self._committer_pid = None
+        return False
 
-    def _combine(self, parts: list[pa.Table]) -> pa.Table | None:
-        """Several tables as one (columns unified by name; missing ones null); None if they do not fit."""
-        if len(parts) == 1:
-            return parts[0]
-        schema = self._table_schema()
-        if schema is not None:
-            parts = [conform(p, schema) for p in parts]
-        try:
-            return pa.concat_tables(parts, promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-            return None
-
-    def _spill(self, table: pa.Table) -> None:
-        """Rows that could not be committed now: to the spill folder, or kept in memory if even that fails."""
-        try:
-            self.folder.put(table)
-            self.metrics.spilled.inc(table.num_rows)
-        except OSError as exc:
-            log.error(
-                "cannot spill %d prediction-log rows to %s (%s); keeping them in memory",
-                table.num_rows,
-                self.spill_dir,
-                exc,
-            )
-            self._pending.append(table)
-        self.metrics.spill_pending.set(self.folder.count())
+    def _may_lead(self) -> bool:
+        return not self._process_commits() and self.folder.try_lead()
 
     def _stage(self, table: pa.Table) -> None:
         """Not the committer: leave the rows in the spill folder for the committer's next commit."""
         try:
             self.folder.put(table)
-            self.metrics.staged.inc(table.num_rows)
         except OSError as exc:  # the folder is unusable: write these rows directly (not the folder's)
             log.warning("cannot stage prediction-log rows in %s (%s); committing them directly", self.spill_dir, exc)
             try:
-                self._write(table)
+                self.committer.write(table)
             except Exception as write_exc:
                 self.metrics.flush_failures.inc()
                 log.error("writing %d rows to %s failed; keeping them in memory: %s", table.num_rows, TABLE, write_exc)
-                self._pending.append(table)
+                self.committer.pending.append(table)
             else:
-                self._flushed(table.num_rows)
-
-    def _commit(self, own: pa.Table | None) -> None:
-        """The committer's flush: rows kept in memory, then spill files oldest first, then ``own``, as one
-        commit. Rows that can never fit the table (a column of another type) are set aside in
-        ``rejected/`` first. If the commit fails, one commit each, oldest first, to the first failure;
-        what is left stays in the folder for the next flush."""
-        claimed: list[Path] = []
-        tables: list[pa.Table] = []
-        for p in self.folder.waiting():
-            c = self.folder.claim(p)
-            if c is None:
-                continue
-            try:
-                t = self.folder.read(c)
-            except (OSError, pa.ArrowInvalid) as exc:
-                self._set_aside(p.name, f"unreadable: {exc}", c)
-                continue
-            if (why := self._misfit(t)) is not None:
-                self._set_aside(p.name, why, c)
-                continue
-            claimed.append(c)
-            tables.append(t)
-        parts = [*self._pending, *tables, *([own] if own is not None else [])]
-        if parts and not self._commit_together(parts, claimed):
-            self._commit_one_by_one(claimed, tables, own)
-        self.metrics.spill_pending.set(self.folder.count())
-
-    def _commit_together(self, parts: list[pa.Table], claimed: list[Path]) -> bool:
-        combined = self._combine(parts)
-        if combined is None:
-            return False
-        try:
-            self._write(combined)
-        except Exception as exc:
-            log.warning("committing %d prediction-log parts failed (%s); trying one at a time", len(parts), exc)
-            return False
-        self._pending.clear()
-        for c in claimed:
-            c.unlink()
-        self._flushed(combined.num_rows)
-        return True
-
-    def _misfit(self, table: pa.Table) -> str | None:
-        schema = self._table_schema()
-        return None if schema is None else misfit(conform(table, schema), schema)
-
-    def _set_aside(self, what: str, why: str, source: Path | pa.Table) -> None:
-        self.metrics.flush_failures.inc()
-        try:
-            where = self.folder.reject(source) if isinstance(source, Path) else self.folder.put(source, rejected=True)
-        except OSError as exc:
-            log.error(
-                "prediction-log rows (%s) can never be committed (%s) and cannot be set aside: %s", what, why, exc
-            )
+                self.committer.flushed(table.num_rows)
             return
-        log.error("prediction-log rows (%s) can never be committed to %s (%s); moved to %s", what, TABLE, why, where)
+        self.metrics.staged.inc(table.num_rows)
+        self.rows_staged += table.num_rows
 
-    def _commit_one_by_one(self, claimed: list[Path], tables: list[pa.Table], own: pa.Table | None) -> None:
-        failed = False
-        for t in list(self._pending):
-            try:
-                self._write(t)
-            except Exception:
-                failed = True
-                break
-            self._pending.remove(t)
-            self._flushed(t.num_rows)
-        for c, t in zip(claimed, tables, strict=True):
-            if failed:
-                self.folder.release(c)
-                continue
-            try:
-                self._write(t)
-            except Exception as exc:
-                log.warning("committing spill file %s failed (%s); will retry", self.folder.original(c).name, exc)
-                self.folder.release(c)
-                failed = True
-                continue
-            c.unlink()
-            self._flushed(t.num_rows)
-        if own is None:
+    def _flush_sync(self, entries: list[Entry], built: pa.Table | None) -> None:
+        own = self._own_table(entries, built)
+        if self._may_lead():
+            self.committer.commit(own)
             return
-        if not failed:
-            try:
-                self._write(own)
-            except Exception as exc:
-                log.error("writing %d rows to %s failed; spilled to %s: %s", own.num_rows, TABLE, self.spill_dir, exc)
-            else:
-                self._flushed(own.num_rows)
-                return
-        self.metrics.flush_failures.inc()
-        self._spill(own)
-
-    def _flushed(self, rows: int) -> None:
-        self.rows_flushed += rows
-        self.metrics.flushed.inc(rows)
-        self.metrics.flushes.inc()
-        self._commits += 1
-        if self.cfg.compact_every and self._commits >= self.cfg.compact_every:
-            self._compact()
-
-    def _compact(self) -> None:
-        """Each append costs more with every live file: merge the small files now and then (flush thread)."""
-        self._commits = 0
-        if self._writes_elsewhere:
-            return
-        try:
-            removed, added = self.store.compact(TABLE, target_size=COMPACT_FILE_BYTES, threads=1)
-            self._appender.reset()
-        except Exception as exc:  # e.g. a `loopline retention` run rewrote the same files first: retried next time
-            log.info("compacting %s skipped: %s", TABLE, exc)
-            return
-        self.metrics.compactions.inc()
-        log.info("compacted %s: %d small files into %d", TABLE, removed, added)
-
-    # ------------------------------------------------------------------ background flush
-    def _own_table(self, entries: list[Entry]) -> pa.Table | None:
-        """This worker's buffered rows as a table; requests whose rows can never fit the table (e.g. a new
-        model version sends text where the log has numbers) are set aside, the rest go on."""
-        if not entries:
-            return None
-        own = build_table(entries, self.task, self.redactor, yield_gil)
-        if self._misfit(own) is None:
-            return own
-        good: list[Entry] = []
-        bad: list[Entry] = []
-        for e in entries:
-            (bad if self._misfit(build_table([e], self.task, self.redactor)) else good).append(e)
-        if bad:
-            rows = build_table(bad, self.task, self.redactor)
-            self._set_aside(f"{rows.num_rows} rows of this worker", self._misfit(rows) or "", rows)
-        return build_table(good, self.task, self.redactor) if good else None
-
-    def _flush_sync(self, entries: list[Entry]) -> None:
-        own = self._own_table(entries)
-        if self.folder.try_lead():
-            self._commit(own)
-            return
-        for t in list(self._pending):  # rows an earlier failure kept in memory: to the folder, if it works now
+        pending = self.committer.pending
+        for t in list(pending):  # rows an earlier failure kept in memory: to the folder, if it works now
             try:
                 self.folder.put(t)
             except OSError:
                 break
-            self._pending.remove(t)
+            pending.remove(t)
         if own is not None:
             self._stage(own)
 
-    def _final_sync(self, entries: list[Entry]) -> None:
-        """Shutdown: commit (or stage) what is left; the last worker to close commits everything staged."""
-        own = self._own_table(entries)
+    def _final_sync(self, entries: list[Entry], built: pa.Table | None) -> None:
+        """Shutdown: stage or commit what is left. The committer process (it stops after the workers) or
+        the last worker to close commits everything staged."""
+        own = self._own_table(entries, built)
+        if self._process_commits():
+            self._flush_sync([], own)
+            return
         if not self.folder.try_lead():
             if own is not None:
                 self._stage(own)
@@ -363,15 +240,33 @@ class PredictionLogger:
                 log.info("staged prediction-log rows are left to the committing worker")
                 return
         try:
-            self._commit(own)
+            self.committer.commit(own)
         finally:
             self.folder.resign()
 
+    async def _build(self, entries: list[Entry]) -> pa.Table | None:
+        """The buffered rows as one table, built on the event loop one column at a time with requests
+        served in between (on another thread each conversion would keep the GIL from the loop)."""
+        if not entries:
+            return None
+        steps = build_steps(entries, self.task, self.redactor)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            await asyncio.sleep(0)
+
     async def flush(self) -> None:
         async with self._flush_lock:
-            entries = self._take()
+            entries = self._take(flushing=True)
             self.metrics.buffer_rows.set(self._rows)
-            await asyncio.to_thread(self._flush_sync, entries)
+            try:
+                built = await self._build(entries)
+                await asyncio.to_thread(self._flush_sync, entries, built)
+            finally:
+                with self._lock:
+                    self._flushing = []
 
     async def _run(self) -> None:
         assert self._event is not None
@@ -392,7 +287,8 @@ class PredictionLogger:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._event = asyncio.Event()
-        await asyncio.to_thread(self._flush_sync, [])  # the first worker to start commits what an earlier run left
+        # the first worker to start commits what an earlier run left
+        await asyncio.to_thread(self._flush_sync, [], None)
         self._task = self._loop.create_task(self._run())
 
     async def close(self) -> None:
@@ -405,8 +301,10 @@ class PredictionLogger:
         async with self._flush_lock:
             entries = self._take()
             self.metrics.buffer_rows.set(self._rows)
-            await asyncio.to_thread(self._final_sync, entries)
-        if self._pending:
+            built = await self._build(entries)
+            await asyncio.to_thread(self._final_sync, entries, built)
+        if self.committer.pending:
             log.critical(
-                "%d prediction-log rows could be neither written nor spilled", sum(t.num_rows for t in self._pending)
+                "%d prediction-log rows could be neither written nor spilled",
+                sum(t.num_rows for t in self.committer.pending),
             )

@@ -1,9 +1,10 @@
 """Prometheus metrics of the server (``GET /metrics``).
 
-With one worker the metrics live in this process. With ``--workers N`` the CLI sets
-``PROMETHEUS_MULTIPROC_DIR`` before the workers start, every worker writes its values there, and
-``/metrics`` on any worker aggregates all of them (prometheus_client multiprocess mode): counters
-and histograms are summed; gauges are reported per worker (``pid`` label) or summed as noted.
+A server of one process keeps its metrics in memory. ``loopline serve`` with ``--workers N`` or with
+the prediction log's committer process sets ``PROMETHEUS_MULTIPROC_DIR`` before its processes start,
+every process writes its values there, and ``/metrics`` on any worker aggregates all of them
+(prometheus_client multiprocess mode): counters and histograms are summed; gauges are reported per
+process (``pid`` label) or summed / maxed as noted. The committer process has only the log's metrics.
 """
 
 from __future__ import annotations
@@ -22,11 +23,58 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-class Metrics:
-    def __init__(self, prediction_range: tuple[float, float] | None = None) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+class LogMetrics:
+    """The prediction log's metrics: all a committer process has (it serves no requests)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.buffer_rows = Gauge(
+            "loopline_log_buffer_rows",
+            "Prediction-log rows waiting in memory.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.flushed = Counter(
+            "loopline_log_rows_flushed", "Prediction-log rows committed to inference_log.", registry=r
+        )
+        self.flushes = Counter("loopline_log_flushes", "Prediction-log commits to inference_log.", registry=r)
+        self.compactions = Counter(
+            "loopline_log_compactions", "inference_log compactions (small files rewritten).", registry=r
+        )
+        self.flush_failures = Counter(
+            "loopline_log_flush_failures", "Failed inference_log writes (rows spilled).", registry=r
+        )
+        self.spilled = Counter(
+            "loopline_log_rows_spilled", "Prediction-log rows written to the local spill folder.", registry=r
+        )
+        self.staged = Counter(
+            "loopline_log_rows_staged",
+            "Prediction-log rows a worker left in the spill folder for the committer.",
+            registry=r,
+        )
+        self.overflows = Counter(
+            "loopline_log_buffer_overflows",
+            "Times the in-memory buffer passed serving.log.max_buffer_rows.",
+            registry=r,
+        )
+        self.spill_pending = Gauge(
+            "loopline_log_spill_files",
+            "Spill-folder files waiting for a commit.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
+
+class Metrics(LogMetrics):
+    """Everything a worker reports."""
+
+    def __init__(self, prediction_range: tuple[float, float] | None = None) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        super().__init__()
         r = self.registry
         self.range = prediction_range
         self.requests = Counter(
@@ -63,41 +111,6 @@ class Metrics:
         self.ready = Gauge("loopline_model_ready", "1 when a model is loaded.", registry=r, multiprocess_mode="liveall")
         self.reloads = Counter(
             "loopline_model_reloads", "Champion reloads by result (ok, failed).", ["result"], registry=r
-        )
-        self.buffer_rows = Gauge(
-            "loopline_log_buffer_rows",
-            "Prediction-log rows waiting in memory.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.flushed = Counter(
-            "loopline_log_rows_flushed", "Prediction-log rows committed to inference_log.", registry=r
-        )
-        self.flushes = Counter("loopline_log_flushes", "Prediction-log commits to inference_log.", registry=r)
-        self.compactions = Counter(
-            "loopline_log_compactions", "inference_log compactions (small files rewritten).", registry=r
-        )
-        self.flush_failures = Counter(
-            "loopline_log_flush_failures", "Failed inference_log writes (rows spilled).", registry=r
-        )
-        self.spilled = Counter(
-            "loopline_log_rows_spilled", "Prediction-log rows written to the local spill folder.", registry=r
-        )
-        self.staged = Counter(
-            "loopline_log_rows_staged",
-            "Prediction-log rows a worker left in the spill folder for the committing worker.",
-            registry=r,
-        )
-        self.overflows = Counter(
-            "loopline_log_buffer_overflows",
-            "Times the in-memory buffer passed serving.log.max_buffer_rows.",
-            registry=r,
-        )
-        self.spill_pending = Gauge(
-            "loopline_log_spill_files",
-            "Spill-folder files waiting for a commit.",
-            registry=r,
-            multiprocess_mode="livemax",
         )
         self.feedback = Counter(
             "loopline_feedback_rows", "Feedback rows by whether the request id was known.", ["known"], registry=r

@@ -62,6 +62,27 @@ class SpillFolder:
             return []
         return sorted(self.path.glob("*.arrow"))
 
+    def request_ids(self, wanted: set[str]) -> set[str]:
+        """Which of ``wanted`` are rows of a file in the folder (waiting or claimed by a committer)."""
+        import pyarrow.compute as pc
+
+        found: set[str] = set()
+        if not self.path.is_dir():
+            return found
+        for _ in range(2):  # a file committed (deleted) or claimed (renamed) while listing: list again
+            try:
+                for p in self.path.glob("*.arrow*"):
+                    if p.name.startswith("."):
+                        continue  # being written
+                    with pa.memory_map(str(p)) as src:
+                        ids = pa.ipc.open_file(src).read_all().column("request_id")
+                        hit = ids.filter(pc.is_in(ids, pa.array(sorted(wanted), pa.string())))
+                        found.update(hit.to_pylist())
+                return found
+            except (OSError, KeyError, pa.ArrowException):
+                continue
+        return found
+
     def count(self) -> int:
         try:
             return len(self.waiting())
@@ -105,7 +126,7 @@ class SpillFolder:
         for p in self.path.glob("*.arrow.claimed-*"):
             tail = p.name.rsplit("-", 1)[1]
             pid = int(tail) if tail.isdigit() else -1
-            if pid == os.getpid() or not _alive(pid):
+            if pid == os.getpid() or not alive(pid):
                 try:
                     self.release(p)
                 except OSError:
@@ -150,7 +171,7 @@ class SpillFolder:
             self._lock_file = None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     if pid <= 0:
         return False
     try:

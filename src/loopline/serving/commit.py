@@ -1,0 +1,218 @@
+"""Committing prediction-log rows to ``inference_log``: the committer's side of the log.
+
+One process at a time commits (``spill.SpillFolder``'s lock): by default a dedicated committer process
+beside the server's workers (``serving.committer``), else one of the workers. Per commit it takes the
+rows kept in memory after an earlier failure, then every file staged in the spill folder (oldest
+first), then its own rows if it is a worker, and appends them as one Delta commit. Rows that can never
+fit the table (a column of a type that does not cast) are set aside in ``rejected/``; if the commit
+fails, it retries one part at a time, oldest first, up to the first failure, and what is left stays in
+the folder for the next commit. Every ``compact_every`` commits it merges the table's small files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from loopline.serving.logrows import conform, misfit
+from loopline.serving.spill import SpillFolder
+
+if TYPE_CHECKING:
+    from loopline.config import LogConfig
+    from loopline.serving.metrics import LogMetrics
+    from loopline.tables import DeltaStore
+
+log = logging.getLogger("loopline.serving.log")
+TABLE = "inference_log"
+# compaction merges files up to this size and then leaves them alone: each compaction rewrites at most
+# this much (one core, off the event loop), however large the log grows
+COMPACT_FILE_BYTES = 32 * 1024 * 1024
+
+
+class LogCommitter:
+    def __init__(
+        self,
+        store: DeltaStore,
+        cfg: LogConfig,
+        folder: SpillFolder,
+        metrics: LogMetrics,
+        *,
+        writer: Callable[[pa.Table], Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.folder = folder
+        self.metrics = metrics
+        self._appender = store.appender(TABLE, writer="loopline.serving", pid=os.getpid())
+        self._append = writer or self._appender
+        self._writes_elsewhere = writer is not None  # a custom writer (tests): the store is not the target
+        self._schema: pa.Schema | None = None
+        self.pending: list[pa.Table] = []  # tables that could be neither written nor spilled
+        self.rows_flushed = 0
+        self._commits = 0  # commits since the last compaction
+
+    def _table_schema(self) -> pa.Schema | None:
+        if self._schema is None and self.store.exists(TABLE):
+            try:
+                self._schema = self.store.schema(TABLE)
+            except Exception:
+                self._schema = None
+        return self._schema
+
+    def write(self, table: pa.Table) -> None:
+        """One commit; columns the table already has are cast to its types (a new model version may
+        send an int where the log has a float)."""
+        schema = self._table_schema()
+        if schema is not None:
+            table = conform(table, schema)
+        try:
+            self._append(table)
+        except Exception:
+            self._schema = None  # re-read next time
+            raise
+
+    def _combine(self, parts: list[pa.Table]) -> pa.Table | None:
+        """Several tables as one (columns unified by name; missing ones null); None if they do not fit."""
+        if len(parts) == 1:
+            return parts[0]
+        schema = self._table_schema()
+        if schema is not None:
+            parts = [conform(p, schema) for p in parts]
+        try:
+            return pa.concat_tables(parts, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            return None
+
+    def spill(self, table: pa.Table) -> None:
+        """Rows that could not be committed now: to the spill folder, or kept in memory if even that fails."""
+        try:
+            self.folder.put(table)
+            self.metrics.spilled.inc(table.num_rows)
+        except OSError as exc:
+            log.error(
+                "cannot spill %d prediction-log rows to %s (%s); keeping them in memory",
+                table.num_rows,
+                self.folder.path,
+                exc,
+            )
+            self.pending.append(table)
+        self.metrics.spill_pending.set(self.folder.count())
+
+    def commit(self, own: pa.Table | None) -> None:
+        """The committer's flush: rows kept in memory, then spill files oldest first, then ``own``, as one
+        commit. Rows that can never fit the table (a column of another type) are set aside in
+        ``rejected/`` first. If the commit fails, one commit each, oldest first, to the first failure;
+        what is left stays in the folder for the next flush."""
+        claimed: list[Path] = []
+        tables: list[pa.Table] = []
+        for p in self.folder.waiting():
+            c = self.folder.claim(p)
+            if c is None:
+                continue
+            try:
+                t = self.folder.read(c)
+            except (OSError, pa.ArrowInvalid) as exc:
+                self.set_aside(p.name, f"unreadable: {exc}", c)
+                continue
+            if (why := self.misfit_of(t)) is not None:
+                self.set_aside(p.name, why, c)
+                continue
+            claimed.append(c)
+            tables.append(t)
+        parts = [*self.pending, *tables, *([own] if own is not None else [])]
+        if parts and not self._commit_together(parts, claimed):
+            self._commit_one_by_one(claimed, tables, own)
+        self.metrics.spill_pending.set(self.folder.count())
+
+    def _commit_together(self, parts: list[pa.Table], claimed: list[Path]) -> bool:
+        combined = self._combine(parts)
+        if combined is None:
+            return False
+        try:
+            self.write(combined)
+        except Exception as exc:
+            log.warning("committing %d prediction-log parts failed (%s); trying one at a time", len(parts), exc)
+            return False
+        self.pending.clear()
+        for c in claimed:
+            c.unlink()
+        self.flushed(combined.num_rows)
+        return True
+
+    def misfit_of(self, table: pa.Table) -> str | None:
+        schema = self._table_schema()
+        return None if schema is None else misfit(conform(table, schema), schema)
+
+    def set_aside(self, what: str, why: str, source: Path | pa.Table) -> None:
+        self.metrics.flush_failures.inc()
+        try:
+            where = self.folder.reject(source) if isinstance(source, Path) else self.folder.put(source, rejected=True)
+        except OSError as exc:
+            log.error(
+                "prediction-log rows (%s) can never be committed (%s) and cannot be set aside: %s", what, why, exc
+            )
+            return
+        log.error("prediction-log rows (%s) can never be committed to %s (%s); moved to %s", what, TABLE, why, where)
+
+    def _commit_one_by_one(self, claimed: list[Path], tables: list[pa.Table], own: pa.Table | None) -> None:
+        failed = False
+        for t in list(self.pending):
+            try:
+                self.write(t)
+            except Exception:
+                failed = True
+                break
+            self.pending.remove(t)
+            self.flushed(t.num_rows)
+        for c, t in zip(claimed, tables, strict=True):
+            if failed:
+                self.folder.release(c)
+                continue
+            try:
+                self.write(t)
+            except Exception as exc:
+                log.warning("committing spill file %s failed (%s); will retry", self.folder.original(c).name, exc)
+                self.folder.release(c)
+                failed = True
+                continue
+            c.unlink()
+            self.flushed(t.num_rows)
+        if own is None:
+            return
+        if not failed:
+            try:
+                self.write(own)
+            except Exception as exc:
+                log.error("writing %d rows to %s failed; spilled to %s: %s", own.num_rows, TABLE, self.folder.path, exc)
+            else:
+                self.flushed(own.num_rows)
+                return
+        self.metrics.flush_failures.inc()
+        self.spill(own)
+
+    def flushed(self, rows: int) -> None:
+        self.rows_flushed += rows
+        self.metrics.flushed.inc(rows)
+        self.metrics.flushes.inc()
+        self._commits += 1
+        if self.cfg.compact_every and self._commits >= self.cfg.compact_every:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Each append costs more with every live file: merge the small files now and then (flush thread)."""
+        self._commits = 0
+        if self._writes_elsewhere:
+            return
+        try:
+            removed, added = self.store.compact(TABLE, target_size=COMPACT_FILE_BYTES, threads=1)
+            self._appender.reset()
+        except Exception as exc:  # e.g. a `loopline retention` run rewrote the same files first: retried next time
+            log.info("compacting %s skipped: %s", TABLE, exc)
+            return
+        self.metrics.compactions.inc()
+        log.info("compacted %s: %d small files into %d", TABLE, removed, added)
