@@ -12,6 +12,7 @@ Endpoints: ``POST /invocations`` (MLflow scoring), the Open Inference Protocol V
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ from loopline.config import Project
 from loopline.serving import openapi as oa
 from loopline.serving.auth import Auth, AuthFailed
 from loopline.serving.logger import Entry, PredictionLogger, spill_path
-from loopline.serving.metrics import Metrics, mark_process_dead
+from loopline.serving.metrics import SYNC_SECONDS, Metrics, mark_process_dead
 from loopline.serving.model import LoadedModel, ModelHolder
 from loopline.serving.protocols import KIND_TO_V2, Parsed, encode_predictions, encode_v2, parse_mlflow, parse_v2
 from loopline.serving.schema import InputError
@@ -143,6 +144,13 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
+async def _sync_metrics(metrics: Metrics) -> None:
+    """Apply the counted requests to the Prometheus metrics every SYNC_SECONDS (``/metrics`` syncs too)."""
+    while True:
+        await asyncio.sleep(SYNC_SECONDS)
+        metrics.sync()
+
+
 def create_app(project: Project | None = None) -> FastAPI:
     """The ASGI app (uvicorn factory). ``project`` defaults to LOOPLINE_PROJECT / LOOPLINE_ENV."""
     if not logging.getLogger().handlers:  # a spawned worker: same log format as `loopline serve`
@@ -166,10 +174,13 @@ def create_app(project: Project | None = None) -> FastAPI:
         if S.holder.current is None:
             log.warning("starting NOT READY (%s): %s", result, S.holder.last_error)
         S.holder.start(S.serving.reload_interval.total_seconds())
+        syncing = asyncio.get_running_loop().create_task(_sync_metrics(S.metrics))
         _freeze_startup_heap()
         try:
             yield
         finally:  # uvicorn has stopped accepting and drained in-flight requests
+            syncing.cancel()
+            S.metrics.sync()
             await S.holder.stop()
             if S.logger is not None:
                 await S.logger.close()

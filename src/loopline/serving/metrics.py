@@ -17,6 +17,8 @@ import numpy as np
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _PRED_BUCKETS = (-1e4, -1e3, -100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0, 1e3, 1e4)
 _MAX_CLASSES = 50
+_MAX_PENDING = 10_000
+SYNC_SECONDS = 1.0  # request and prediction counts reach the metrics at least this often
 
 
 def multiprocess_dir() -> str | None:
@@ -128,41 +130,73 @@ class Metrics(LogMetrics):
             registry=r,
             multiprocess_mode="livemax",
         )
+        self._requests: list[tuple[str, int, float]] = []  # counted since the last sync
+        self._preds: list[np.ndarray] = []
         self._req: dict[tuple[str, int], Any] = {}
         self._lat: dict[str, Any] = {}
         self._classes: set[str] = set()
         self._info_labels: tuple[str, str, str] | None = None
 
-    # ------------------------------------------------------------------ hot path (children cached)
+    # ------------------------------------------------------------------ hot path (batched)
     def request(self, endpoint: str, status: int, seconds: float) -> None:
-        key = (endpoint, status)
-        c = self._req.get(key)
-        if c is None:
-            c = self._req[key] = self.requests.labels(endpoint, str(status))
-        c.inc()
-        h = self._lat.get(endpoint)
-        if h is None:
-            h = self._lat[endpoint] = self.latency.labels(endpoint)
-        h.observe(seconds)
+        """Count one request: a list append; ``sync`` applies the batch (a counter or histogram update
+        costs 1-5 µs each, twice that in multiprocess mode: ~15 µs of a ~450 µs request)."""
+        self._requests.append((endpoint, status, seconds))
+        if len(self._requests) >= _MAX_PENDING:  # no sync task (an app without its lifespan)
+            self.sync()
 
     def observe_predictions(self, preds: np.ndarray) -> None:
-        n = int(preds.shape[0]) if preds.ndim else 1
-        self.rows.inc(n)
-        if preds.dtype.kind in "fiub" and preds.ndim == 1:
-            values = preds.tolist()
-            for v in values:
-                self.predictions.observe(v)
+        self._preds.append(preds)
+        if len(self._preds) >= _MAX_PENDING:
+            self.sync()
+
+    def sync(self) -> None:
+        """Apply the requests and predictions counted since the last call, one update per counter,
+        label set and histogram bucket. The server calls it every ``SYNC_SECONDS`` and before it renders
+        ``/metrics``; call it from the event loop's thread (where requests are counted)."""
+        requests, self._requests = self._requests, []
+        preds, self._preds = self._preds, []
+        if requests:
+            self._sync_requests(requests)
+        if preds:
+            self._sync_predictions(preds)
+
+    def _sync_requests(self, requests: list[tuple[str, int, float]]) -> None:
+        counts: dict[tuple[str, int], int] = {}
+        seconds: dict[str, list[float]] = {}
+        for endpoint, status, secs in requests:
+            counts[(endpoint, status)] = counts.get((endpoint, status), 0) + 1
+            seconds.setdefault(endpoint, []).append(secs)
+        for key, n in counts.items():
+            c = self._req.get(key)
+            if c is None:
+                c = self._req[key] = self.requests.labels(key[0], str(key[1]))
+            c.inc(n)
+        for endpoint, values in seconds.items():
+            h = self._lat.get(endpoint)
+            if h is None:
+                h = self._lat[endpoint] = self.latency.labels(endpoint)
+            _observe_many(h, np.asarray(values, dtype=np.float64))
+
+    def _sync_predictions(self, preds: list[np.ndarray]) -> None:
+        numeric = [p for p in preds if p.ndim == 1 and p.dtype.kind in "fiub"]
+        self.rows.inc(sum(int(p.shape[0]) if p.ndim else 1 for p in preds))
+        if numeric:
+            values = np.concatenate(numeric).astype(np.float64)
+            _observe_many(self.predictions, values)
             if self.range is not None:
                 lo, hi = self.range
-                bad = int(np.count_nonzero((preds < lo) | (preds > hi)))
+                bad = int(np.count_nonzero((values < lo) | (values > hi)))
                 if bad:
                     self.range_violations.inc(bad)
-        elif preds.ndim == 1:
-            for v in preds.tolist()[:1000]:
-                label = str(v)[:64]
+        for p in preds:
+            if p.ndim != 1 or p.dtype.kind in "fiub":
+                continue
+            labels, counts = np.unique(np.asarray([str(v)[:64] for v in p.tolist()[:1000]]), return_counts=True)
+            for label, n in zip(labels.tolist(), counts.tolist(), strict=True):
                 if label in self._classes or len(self._classes) < _MAX_CLASSES:
                     self._classes.add(label)
-                    self.classes.labels(label).inc()
+                    self.classes.labels(label).inc(n)
 
     # ------------------------------------------------------------------ events
     def reload(self, ok: bool) -> None:
@@ -190,6 +224,7 @@ class Metrics(LogMetrics):
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+        self.sync()
         if multiprocess_dir():
             from prometheus_client import multiprocess
 
@@ -197,6 +232,25 @@ class Metrics(LogMetrics):
             multiprocess.MultiProcessCollector(reg)
             return generate_latest(reg), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _observe_many(hist: Any, values: np.ndarray) -> None:
+    """``hist.observe(v)`` for every value, with one update per bucket: prometheus_client has no bulk
+    observe, so this uses its histogram's bucket list (falls back to one observe per value)."""
+    bounds = getattr(hist, "_upper_bounds", None)
+    buckets = getattr(hist, "_buckets", None)
+    total = getattr(hist, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in values.tolist():
+            hist.observe(v)
+        return
+    idx = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")  # first bound >= v
+    counts = np.bincount(idx, minlength=len(bounds) + 1)  # NaN sorts past the last bound: in no bucket
+    for i, n in enumerate(counts[: len(bounds)].tolist()):
+        if n:
+            buckets[i].inc(n)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf and NaN sum as they would one by one
+        total.inc(float(values.sum()))
 
 
 def mark_process_dead(pid: int) -> None:
