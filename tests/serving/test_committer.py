@@ -19,6 +19,7 @@ from loopline.config import load_project
 from loopline.serving import committer
 from loopline.serving.logger import COMMITTER_ENV, PredictionLogger, spill_path
 from loopline.serving.metrics import Metrics
+from loopline.serving.spill import alive
 from loopline.tables import DeltaStore
 
 YAML = """\
@@ -107,8 +108,11 @@ def test_workers_commit_when_the_committer_is_gone(
         await lg.flush()
         assert _rows(store) == 0 and lg.rows_staged == 4
         assert lg.staged_ids({"r1-0", "r3-0", "r9-0"}) == {"r1-0", "r3-0"}  # feedback finds staged rows
-        child.kill()
-        child.wait()
+        child.kill()  # not waited for here: `start`'s watcher reaps it, so it is not left a zombie
+        deadline = time.monotonic() + 10
+        while alive(child.pid):
+            assert time.monotonic() < deadline, "the killed committer still looks alive (a zombie?)"
+            await asyncio.sleep(0.05)
         for i in range(4, 6):
             lg.record(_entry(i))
         await lg.flush()  # the committer is dead: this worker takes the lock and commits everything

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -112,6 +114,37 @@ def _wait(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-
             return
         time.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+def _committer_pid(server_pid: int) -> int:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == server_pid and b"loopline.serving.committer" in cmd:
+                return int(d.name)
+    raise AssertionError(f"no committer process under {server_pid}")
+
+
+def test_killed_committer_under_load_loses_nothing(project: Path) -> None:
+    """SIGKILL the committer process mid-load: the workers notice, one takes over the commits, and after
+    SIGTERM every returned prediction is in the table and nothing is left staged."""
+    srv = start_server(project, workers=2)
+    with Load(srv.url, threads=4) as load:
+        time.sleep(4)
+        os.kill(_committer_pid(srv.proc.pid), signal.SIGKILL)
+        time.sleep(6)
+        code = srv.stop()
+    assert code == 0, srv.output()
+    assert "the prediction-log committer process exited" in srv.output(), srv.output()
+    assert not load.failures, load.failures[:5]
+    logged = read_log(project).column("request_id").to_pylist()
+    assert len(logged) == len(set(logged)) and set(logged) == set(load.ok_ids)
+    spill = project / ".loopline" / "prod" / "spill"
+    assert not list(spill.glob("*.arrow*")), sorted(p.name for p in spill.iterdir())
 
 
 def test_hot_reload_promote_broken_rollback(project: Path) -> None:

@@ -129,7 +129,17 @@ def start() -> subprocess.Popen[bytes] | None:
         proc.wait()
         log.warning("the prediction-log committer process did not start; the workers commit the log themselves")
         return None
+    threading.Thread(target=_watch, args=(proc,), name="log-committer", daemon=True).start()
     return proc
+
+
+def _watch(proc: subprocess.Popen[bytes]) -> None:
+    """Reap the committer when it exits: a dead child not yet waited for stays a zombie, which the workers'
+    liveness check (``kill(pid, 0)``) takes for alive, and they would stage rows that nobody commits."""
+    code = proc.wait()
+    assert proc.stdin is not None
+    if not proc.stdin.closed:  # not stopped by `stop`
+        log.error("the prediction-log committer process exited (code %d); the workers commit the log themselves", code)
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT_SECONDS) -> int:
