@@ -127,3 +127,34 @@ def test_start_reports_a_committer_that_cannot_load_the_project(
 ) -> None:
     monkeypatch.setenv("LOOPLINE_PROJECT", str(tmp_path / "missing"))
     assert committer.start() is None  # the workers commit themselves
+
+
+def test_a_staging_worker_sees_new_columns_of_the_table(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that only stages never writes, so it re-reads the table's schema now and then: a column
+    the committer added later still sets aside just the requests that send it with another type."""
+    import numpy as np
+    import pyarrow as pa
+
+    from loopline.serving import commit
+
+    lg, store = _worker(root, os.getpid(), monkeypatch)  # a live "committer": this worker only stages
+
+    async def flush(entries: list) -> None:  # type: ignore[type-arg]
+        for e in entries:
+            lg.record(e)
+        await lg.flush()
+
+    store.append("inference_log", pa.table({"request_id": ["first"]}))
+    asyncio.run(flush([_entry(0)]))  # the worker reads the table's schema: no column z
+    store.append("inference_log", pa.table({"request_id": ["old"], "z": pa.array([1], pa.int64())}))
+    monkeypatch.setattr(commit, "SCHEMA_SECONDS", 0.0)
+    bad = _entry(2)
+    bad.inputs["z"] = np.array(["not a number"], dtype=object)
+    asyncio.run(flush([_entry(1), bad, _entry(3)]))
+    folder = spill_path(load_project(root, "prod"))
+    rejected = [pa.ipc.open_file(str(p)).read_all() for p in (folder / "rejected").glob("*.arrow")]
+    assert [t.column("request_id").to_pylist() for t in rejected] == [["r2-0"]]
+    staged = sorted(
+        i for p in folder.glob("*.arrow") for i in pa.ipc.open_file(str(p)).read_all()["request_id"].to_pylist()
+    )
+    assert staged == ["r0-0", "r1-0", "r3-0"]

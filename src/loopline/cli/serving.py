@@ -52,7 +52,7 @@ def serve(
     import uvicorn
 
     from loopline.serving.auth import Auth
-    from loopline.serving.logger import Redactor
+    from loopline.serving.logger import COMMITTER_ENV, Redactor
 
     proj = load(project, env)
     cfg = proj.config.serving
@@ -77,11 +77,12 @@ def serve(
     committer = None
     if use_committer:  # commits the prediction log beside the workers (they stage their rows)
         from loopline.serving import committer as log_committer
-        from loopline.serving.logger import COMMITTER_ENV
 
         committer = log_committer.start()
-        if committer is not None:
-            os.environ[COMMITTER_ENV] = str(committer.pid)
+    if committer is not None:
+        os.environ[COMMITTER_ENV] = str(committer.pid)
+    else:  # never trust an inherited value: the workers elect a committer among themselves
+        os.environ.pop(COMMITTER_ENV, None)
     console.print(
         f"serving [bold]models:/{proj.registered_model}@champion[/] ({proj.env}) on http://{host}:{port} "
         f"with {workers} worker(s)",
@@ -116,3 +117,4 @@ def serve(
             log_committer.stop(committer)
         if prom_dir:
             shutil.rmtree(prom_dir, ignore_errors=True)
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)

@@ -148,7 +148,10 @@ async def _sync_metrics(metrics: Metrics) -> None:
     """Apply the counted requests to the Prometheus metrics every SYNC_SECONDS (``/metrics`` syncs too)."""
     while True:
         await asyncio.sleep(SYNC_SECONDS)
-        metrics.sync()
+        try:
+            metrics.sync()
+        except Exception:
+            log.exception("metrics update failed")
 
 
 def create_app(project: Project | None = None) -> FastAPI:
@@ -180,7 +183,6 @@ def create_app(project: Project | None = None) -> FastAPI:
             yield
         finally:  # uvicorn has stopped accepting and drained in-flight requests
             syncing.cancel()
-            S.metrics.sync()
             await S.holder.stop()
             if S.logger is not None:
                 await S.logger.close()
@@ -189,6 +191,10 @@ def create_app(project: Project | None = None) -> FastAPI:
                     S.logger.rows_flushed,
                     S.logger.rows_staged,
                 )
+            try:
+                S.metrics.sync()
+            except Exception:  # e.g. the multiprocess metrics folder is gone: never in the way of shutdown
+                log.exception("last metrics update failed")
             mark_process_dead(os.getpid())
 
     app = FastAPI(

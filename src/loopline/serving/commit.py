@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ TABLE = "inference_log"
 # compaction merges files up to this size and then leaves them alone: each compaction rewrites at most
 # this much (one core, off the event loop), however large the log grows
 COMPACT_FILE_BYTES = 32 * 1024 * 1024
+SCHEMA_SECONDS = 30.0
 
 
 class LogCommitter:
@@ -52,14 +54,19 @@ class LogCommitter:
         self._append = writer or self._appender
         self._writes_elsewhere = writer is not None  # a custom writer (tests): the store is not the target
         self._schema: pa.Schema | None = None
+        self._schema_at = 0.0
         self.pending: list[pa.Table] = []  # tables that could be neither written nor spilled
         self.rows_flushed = 0
         self._commits = 0  # commits since the last compaction
 
     def _table_schema(self) -> pa.Schema | None:
-        if self._schema is None and self.store.exists(TABLE):
+        """The table's schema, re-read every ``SCHEMA_SECONDS``: a worker that only stages never writes,
+        so it would not see columns the committer added (and could not check new requests against them)."""
+        now = time.monotonic()
+        if self._schema is None or now - self._schema_at > SCHEMA_SECONDS:
+            self._schema_at = now
             try:
-                self._schema = self.store.schema(TABLE)
+                self._schema = self.store.schema(TABLE) if self.store.exists(TABLE) else None
             except Exception:
                 self._schema = None
         return self._schema
@@ -101,7 +108,8 @@ class LogCommitter:
                 exc,
             )
             self.pending.append(table)
-        self.metrics.spill_pending.set(self.folder.count())
+        if self.folder.leading:  # the committer's gauge (a worker that only stages would leave it stale)
+            self.metrics.spill_pending.set(self.folder.count())
 
     def commit(self, own: pa.Table | None) -> None:
         """The committer's flush: rows kept in memory, then spill files oldest first, then ``own``, as one

@@ -10,8 +10,9 @@ flush and one of them takes the lock, as they do without it.
 
 It ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group at once): it stops when its
 stdin closes, which ``loopline serve`` does after uvicorn drained the requests and the workers staged
-their last rows (and the kernel does if the server dies), then commits everything staged and exits
-(0 when nothing is left; 3 when rows stay in the spill folder for the next start).
+their last rows (and the kernel does if the server dies), then commits everything staged and exits:
+0 when nothing is left (or another server's committer holds the lock and commits the files), 3 when
+rows stay in the spill folder for the next start.
 
     python -m loopline.serving.committer   # LOOPLINE_PROJECT, LOOPLINE_ENV as for the workers
 """
@@ -61,7 +62,7 @@ def run(project: Project, stop: threading.Event) -> int:
     waiting_logged = False
     while not stop.is_set():
         if folder.try_lead():
-            committer.commit(None)
+            _commit(committer)
         elif not waiting_logged:  # another server on the same project holds the lock: it commits our files
             log.info("another process commits %s; waiting for its lock", folder.path)
             waiting_logged = True
@@ -73,13 +74,21 @@ def run(project: Project, stop: threading.Event) -> int:
         before = -1
         while (left := len(folder.waiting()) + len(committer.pending)) and left != before:
             before = left  # commit until empty or until a commit makes no progress (the table is down)
-            committer.commit(None)
+            _commit(committer)
     finally:
         folder.resign()
     if left:
         log.error("%d prediction-log files stay in %s; they are committed at the next start", left, folder.path)
         return 3
     return 0
+
+
+def _commit(committer: LogCommitter) -> None:
+    """One commit of what is staged; nothing may end the process (the files stay for the next try)."""
+    try:
+        committer.commit(None)
+    except Exception:
+        log.exception("committing staged prediction-log rows failed; retrying at the next poll")
 
 
 def main() -> None:
@@ -136,7 +145,10 @@ def start() -> subprocess.Popen[bytes] | None:
 def _watch(proc: subprocess.Popen[bytes]) -> None:
     """Reap the committer when it exits: a dead child not yet waited for stays a zombie, which the workers'
     liveness check (``kill(pid, 0)``) takes for alive, and they would stage rows that nobody commits."""
+    from loopline.serving.metrics import mark_process_dead
+
     code = proc.wait()
+    mark_process_dead(proc.pid)  # its live gauges (spill files) leave /metrics, also after a SIGKILL
     assert proc.stdin is not None
     if not proc.stdin.closed:  # not stopped by `stop`
         log.error("the prediction-log committer process exited (code %d); the workers commit the log themselves", code)

@@ -208,7 +208,10 @@ class PredictionLogger:
         self.rows_staged += table.num_rows
 
     def _flush_sync(self, entries: list[Entry], built: pa.Table | None) -> None:
-        own = self._own_table(entries, built)
+        self._deliver(self._own_table(entries, built))
+
+    def _deliver(self, own: pa.Table | None) -> None:
+        """Commit ``own`` (checked rows) if this worker is the committer, else stage it."""
         if self._may_lead():
             self.committer.commit(own)
             return
@@ -227,7 +230,7 @@ class PredictionLogger:
         the last worker to close commits everything staged."""
         own = self._own_table(entries, built)
         if self._process_commits():
-            self._flush_sync([], own)
+            self._deliver(own)
             return
         if not self.folder.try_lead():
             if own is not None:

@@ -1,13 +1,13 @@
 """The spill folder: prediction-log rows on local disk, waiting for a commit to ``inference_log``.
 
 Rows land here in three cases: the table is unavailable (spilled after a failed commit), the memory
-cap was passed, or this worker is not the server's committer. With ``--workers N`` every worker used
-to commit its own buffer to the same Delta table a few times a second; the commits raced, and each
-conflict made delta-rs re-read the log. Now one worker at a time holds an exclusive lock on
-``.committer.lock`` in the folder: the others *stage* their flushed buffers here as Arrow IPC files
-(a write and a rename, ~1 ms), and the committer commits its own rows plus everything staged as one
-commit per flush. A worker takes the lock when it is free (the holder exited or crashed; the kernel
-releases a dead process's lock), so the log has a committer as long as one worker runs.
+cap was passed, or the rows are *staged*: a worker that is not the committer leaves its flushed buffer
+here as an Arrow IPC file (a write and a rename, ~1 ms). One process at a time holds an exclusive lock
+on ``.committer.lock`` in the folder and commits everything staged as one commit: the server's
+committer process (``serving.committer``), or, without it, one of the workers (with its own rows).
+With several workers each committing its own buffer, the commits raced and each conflict made
+delta-rs re-read the log. A worker takes the lock when it is free and no committer process runs (the
+kernel releases a dead process's lock), so the log has a committer as long as one worker runs.
 
 Files are written to a temporary name and renamed, so a reader never sees half a file; a file is
 claimed by renaming it to ``<name>.claimed-<pid>`` (atomic: two readers cannot both take it) and
@@ -32,6 +32,7 @@ except ImportError:  # pragma: no cover - Windows: no shared committer, every wo
 
 log = logging.getLogger("loopline.serving.log")
 LOCK_NAME = ".committer.lock"
+MAX_LOOKUP_FILES = 100
 
 
 class SpillFolder:
@@ -63,7 +64,8 @@ class SpillFolder:
         return sorted(self.path.glob("*.arrow"))
 
     def request_ids(self, wanted: set[str]) -> set[str]:
-        """Which of ``wanted`` are rows of a file in the folder (waiting or claimed by a committer)."""
+        """Which of ``wanted`` are rows of a file in the folder (waiting or claimed by a committer); the
+        newest ``MAX_LOOKUP_FILES`` files only (a feedback call must not read a long outage's backlog)."""
         import pyarrow.compute as pc
 
         found: set[str] = set()
@@ -71,9 +73,8 @@ class SpillFolder:
             return found
         for _ in range(2):  # a file committed (deleted) or claimed (renamed) while listing: list again
             try:
-                for p in self.path.glob("*.arrow*"):
-                    if p.name.startswith("."):
-                        continue  # being written
+                files = sorted((p for p in self.path.glob("*.arrow*") if not p.name.startswith(".")), reverse=True)
+                for p in files[:MAX_LOOKUP_FILES]:  # names start with the time: newest first
                     with pa.memory_map(str(p)) as src:
                         ids = pa.ipc.open_file(src).read_all().column("request_id")
                         hit = ids.filter(pc.is_in(ids, pa.array(sorted(wanted), pa.string())))
@@ -138,7 +139,7 @@ class SpillFolder:
         return self._lock_file is not None or fcntl is None
 
     def try_lead(self) -> bool:
-        """Become the committer if no other live worker is (non-blocking). True while this worker leads."""
+        """Become the committer if no other live process is (non-blocking). True while this process leads."""
         if self.leading:
             return True
         try:
