@@ -51,6 +51,7 @@ def serve(
 
     import uvicorn
 
+    from loopline.serving import LOG_FORMAT
     from loopline.serving.auth import Auth
     from loopline.serving.logger import COMMITTER_ENV, Redactor
 
@@ -73,7 +74,7 @@ def serve(
         prom_dir = tempfile.mkdtemp(prefix="loopline-prom-")  # metrics of all processes, one /metrics
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom_dir
     os.environ["LOOPLINE_LOG_LEVEL"] = log_level
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     committer = None
     if use_committer:  # commits the prediction log beside the workers (they stage their rows)
         from loopline.serving import committer as log_committer

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from loopline import __version__
 from loopline.config import Project
 from loopline.serving import openapi as oa
+from loopline.serving import process_logging, project_from_env
 from loopline.serving.auth import Auth, AuthFailed
 from loopline.serving.logger import Entry, PredictionLogger, spill_path
 from loopline.serving.metrics import SYNC_SECONDS, Metrics, mark_process_dead
@@ -156,15 +157,9 @@ async def _sync_metrics(metrics: Metrics) -> None:
 
 def create_app(project: Project | None = None) -> FastAPI:
     """The ASGI app (uvicorn factory). ``project`` defaults to LOOPLINE_PROJECT / LOOPLINE_ENV."""
-    if not logging.getLogger().handlers:  # a spawned worker: same log format as `loopline serve`
-        logging.basicConfig(
-            level=os.environ.get("LOOPLINE_LOG_LEVEL", "INFO").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+    process_logging()
     if project is None:
-        from loopline.config import load_project
-
-        project = load_project(os.environ.get("LOOPLINE_PROJECT") or None, os.environ.get("LOOPLINE_ENV") or None)
+        project = project_from_env()
     S = Server(project)
     limit = S.serving.max_body_bytes
 

@@ -29,6 +29,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from loopline.serving import process_logging, project_from_env
 from loopline.serving.commit import LogCommitter
 from loopline.serving.logger import FINAL_WAIT_SECONDS, spill_path
 from loopline.serving.spill import SpillFolder
@@ -92,7 +93,6 @@ def _commit(committer: LogCommitter) -> None:
 
 
 def main() -> None:
-    from loopline.config import load_project
     from loopline.serving.metrics import mark_process_dead
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -101,11 +101,8 @@ def main() -> None:
         os.nice(NICE)
     except OSError:
         pass
-    logging.basicConfig(
-        level=os.environ.get("LOOPLINE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    project = load_project(os.environ.get("LOOPLINE_PROJECT") or None, os.environ.get("LOOPLINE_ENV") or None)
+    process_logging()
+    project = project_from_env()
     stop = threading.Event()
 
     def until_eof() -> None:

@@ -68,7 +68,6 @@ class PredictionLogger:
     ) -> None:
         self.cfg = cfg
         self.task = task
-        self.spill_dir = spill_dir
         self.folder = SpillFolder(spill_dir)
         self.metrics = metrics
         self.redactor = Redactor(cfg.redact, cfg.salt_env)
@@ -152,12 +151,11 @@ class PredictionLogger:
                 "spilling %d rows to %s",
                 self.cfg.max_buffer_rows,
                 rows,
-                self.spill_dir,
+                self.folder.path,
             )
         self.committer.spill(build_table(entries, self.task, self.redactor))
         self.metrics.buffer_rows.set(self._rows)
 
-    # ------------------------------------------------------------------ writing
     # ------------------------------------------------------------------ background flush
     def _own_table(self, entries: list[Entry], built: pa.Table | None) -> pa.Table | None:
         """This worker's buffered rows (``built`` from ``entries``); requests whose rows can never fit the
@@ -194,7 +192,7 @@ class PredictionLogger:
         try:
             self.folder.put(table)
         except OSError as exc:  # the folder is unusable: write these rows directly (not the folder's)
-            log.warning("cannot stage prediction-log rows in %s (%s); committing them directly", self.spill_dir, exc)
+            log.warning("cannot stage prediction-log rows in %s (%s); committing them directly", self.folder.path, exc)
             try:
                 self.committer.write(table)
             except Exception as write_exc:

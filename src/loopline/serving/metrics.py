@@ -9,6 +9,7 @@ process (``pid`` label) or summed / maxed as noted. The committer process has on
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any
 
@@ -132,8 +133,6 @@ class Metrics(LogMetrics):
         )
         self._requests: list[tuple[str, int, float]] = []  # counted since the last sync
         self._preds: list[np.ndarray] = []
-        self._req: dict[tuple[str, int], Any] = {}
-        self._lat: dict[str, Any] = {}
         self._classes: set[str] = set()
         self._info_labels: tuple[str, str, str] | None = None
 
@@ -162,21 +161,14 @@ class Metrics(LogMetrics):
             self._sync_predictions(preds)
 
     def _sync_requests(self, requests: list[tuple[str, int, float]]) -> None:
-        counts: dict[tuple[str, int], int] = {}
+        counts = collections.Counter((endpoint, status) for endpoint, status, _ in requests)
+        for (endpoint, status), n in counts.items():
+            self.requests.labels(endpoint, str(status)).inc(n)
         seconds: dict[str, list[float]] = {}
-        for endpoint, status, secs in requests:
-            counts[(endpoint, status)] = counts.get((endpoint, status), 0) + 1
+        for endpoint, _, secs in requests:
             seconds.setdefault(endpoint, []).append(secs)
-        for key, n in counts.items():
-            c = self._req.get(key)
-            if c is None:
-                c = self._req[key] = self.requests.labels(key[0], str(key[1]))
-            c.inc(n)
         for endpoint, values in seconds.items():
-            h = self._lat.get(endpoint)
-            if h is None:
-                h = self._lat[endpoint] = self.latency.labels(endpoint)
-            _observe_many(h, np.asarray(values, dtype=np.float64))
+            _observe_many(self.latency.labels(endpoint), np.asarray(values, dtype=np.float64))
 
     def _sync_predictions(self, preds: list[np.ndarray]) -> None:
         numeric = [p for p in preds if p.ndim == 1 and p.dtype.kind in "fiub"]

@@ -71,14 +71,13 @@ class SpillFolder:
         found: set[str] = set()
         if not self.path.is_dir():
             return found
+        wanted_ids = pa.array(sorted(wanted), pa.string())
         for _ in range(2):  # a file committed (deleted) or claimed (renamed) while listing: list again
             try:
                 files = sorted((p for p in self.path.glob("*.arrow*") if not p.name.startswith(".")), reverse=True)
                 for p in files[:MAX_LOOKUP_FILES]:  # names start with the time: newest first
-                    with pa.memory_map(str(p)) as src:
-                        ids = pa.ipc.open_file(src).read_all().column("request_id")
-                        hit = ids.filter(pc.is_in(ids, pa.array(sorted(wanted), pa.string())))
-                        found.update(hit.to_pylist())
+                    ids = self.read(p).column("request_id")
+                    found.update(ids.filter(pc.is_in(ids, wanted_ids)).to_pylist())
                 return found
             except (OSError, KeyError, pa.ArrowException):
                 continue
