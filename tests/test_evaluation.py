@@ -10,7 +10,7 @@ import pytest
 from _lifecycle import BROKEN_HOOKS, make_project, one_thread  # noqa: F401  (fixture, used by pytestmark)
 from loopline import registry, tracking
 from loopline.errors import ConfigError
-from loopline.evaluation import GateResult, compute_metrics, lower_is_better
+from loopline.evaluation import GateResult
 from loopline.training import train
 
 HOOK = {"training": {"estimator": None, "hook": "lifehooks:train_raises"}}
@@ -101,29 +101,11 @@ def test_improvement_over_champion_recorded_on_both(tmp_path: Path) -> None:
 
 
 def test_unknown_gate_metric_is_a_config_error(tmp_path: Path) -> None:
-    p = make_project(tmp_path, {"gate": {"min_improvement": {"accuracy": {"absolute": 0.1}}}})
     with pytest.raises(
         ConfigError,
-        match=r"loopline.yaml: gate.min_improvement.accuracy is not a known regression "
-        r"metric",
+        match=r"loopline.yaml: gate.min_improvement.accuracy: 'accuracy' is not a regression metric \(valid: mae",
     ):
-        train(p)
-
-
-def test_metrics_and_direction() -> None:
-    m = compute_metrics("regression", ["mae", "rmse", "mse", "r2"], [1.0, 2.0, 3.0], [1.0, 2.0, 5.0])
-    assert m["mae"] == pytest.approx(2 / 3) and m["mse"] == pytest.approx(4 / 3)
-    assert m["rmse"] == pytest.approx((4 / 3) ** 0.5)
-    c = compute_metrics(
-        "classification",
-        ["accuracy", "f1", "log_loss", "roc_auc"],
-        [0, 1, 1, 0],
-        [0, 1, 0, 0],
-        proba=__import__("numpy").array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]]),
-        classes=[0, 1],
-    )
-    assert c["accuracy"] == 0.75 and c["roc_auc"] == 1.0 and "log_loss" in c
-    assert lower_is_better("mae") and lower_is_better("log_loss") and not lower_is_better("r2")
+        make_project(tmp_path, {"gate": {"min_improvement": {"accuracy": {"absolute": 0.1}}}})
 
 
 def test_gate_result_renders_as_json() -> None:
@@ -159,8 +141,24 @@ def test_classification_metrics_through_the_registry(tmp_path: Path) -> None:
     DeltaStore(p.storage_root).overwrite("features", t.drop(["y"]).append_column("label", [label]))
     r = train(p)
     assert r.gate.passed, r.gate.failed_rules
-    assert r.gate.rules_checked == ["candidate_scores"]
+    assert r.gate.rules_checked == ["candidate_scores", "predictions_finite"]  # of the probabilities
     assert set(r.gate.candidate_metrics) == {"accuracy", "f1", "roc_auc", "log_loss"}
     assert r.metrics["valid_roc_auc"] > 0.8 and r.metrics["test_accuracy"] > 0.6
-    run = tracking.client(p).get_run(r.run_id)
+    assert r.label == {
+        "task": "classification",
+        "label_type": "int",
+        "classes": [0, 1],
+        "positive_label": 1,
+        "threshold": None,
+        "target": "label",
+    }
+    view = r.gate.candidate_per_class
+    assert view["classes"] == [0, 1] and sum(view["support"]) == r.gate.n_test
+    assert sum(map(sum, view["confusion_matrix"])) == r.gate.n_test
+    c = tracking.client(p)
+    run = c.get_run(r.run_id)
     assert run.data.tags["loopline.trainer"] == "sklearn.ensemble.HistGradientBoostingClassifier"
+    assert json.loads(run.data.tags["loopline.label"])["classes"] == [0, 1]
+    assert "gate_candidate_recall.1" in run.data.metrics
+    tags = c.get_model_version("dev.demo", r.version).tags
+    assert json.loads(tags["loopline.gate.per_class"])["classes"] == [0, 1]

@@ -67,6 +67,8 @@ def test_classifiers_return_the_same_labels(est: Any, labels: list[str]) -> None
     got = tp.predict(X_new)
     assert got.dtype == est.predict(X_new).dtype
     assert np.array_equal(got, est.predict(X_new))
+    # the probabilities too, to float64 rounding (multiclass boosters: float64 margins and the model's own link)
+    assert np.allclose(tp.predict_proba(X_new), est.predict_proba(X_new), rtol=1e-9, atol=1e-12)
     assert agrees(tp, est, probe_rows(X[:3]))
 
 

@@ -60,6 +60,18 @@ class ModelSpec(_Model):
     features: list[str] | None = Field(
         None, description="Model input columns; default: every feature column but keys, target, time and `_` columns."
     )
+    positive_label: str | int | bool | None = Field(
+        None,
+        description="Binary classification: the positive class (binary metrics, the `probability` column); "
+        "default: the second class in sorted order.",
+    )
+    threshold: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Binary classification: predict the positive class when its probability is >= this "
+        "(default: the estimator's own predict, i.e. 0.5).",
+    )
 
     def input_columns(self, available: list[str]) -> list[str]:
         """The model's input columns, in order, given the columns a features table has."""
@@ -176,7 +188,12 @@ class TrainingConfig(_Model):
     params: dict[str, Any] = Field(default_factory=dict, description="Estimator / hook parameters.")
     split: SplitConfig = Field(default_factory=SplitConfig, description="Train/validation/test split.")
     search: SearchConfig | None = Field(None, description="Optional optuna hyperparameter search.")
-    metrics: list[str] | None = Field(None, description="Metrics to compute (default by task).")
+    metrics: list[str] | None = Field(
+        None, description="Metrics to compute (default by task; the first one ranks search trials)."
+    )
+    calibrate: Literal["isotonic", "sigmoid"] | None = Field(
+        None, description="Classification: calibrate the probabilities on the validation rows."
+    )
     pip_requirements: list[str] = Field(
         default_factory=list, description="Extra pip requirements logged with the model (beyond loopline's own)."
     )
@@ -205,12 +222,30 @@ class Improvement(_Model):
     relative: float | None = Field(None, ge=0, description="Must beat the champion by at least this share.")
 
 
+class Costs(_Model):
+    fp: float = Field(1.0, ge=0, description="Cost of a false positive.")
+    fn: float = Field(1.0, ge=0, description="Cost of a false negative.")
+
+
+class ThresholdSearch(_Model):
+    optimise: Literal["f1", "youden", "cost"] = Field(
+        description="Choose the binary decision threshold on the validation rows: best F1, Youden's J "
+        "(TPR - FPR), or least total cost."
+    )
+    cost: Costs = Field(default_factory=Costs, description="Costs of errors for `optimise: cost`.")
+
+
 class GateConfig(_Model):
     thresholds: dict[str, Threshold] = Field(default_factory=dict, description="Absolute bounds per metric.")
     min_improvement: dict[str, Improvement] = Field(
         default_factory=dict, description="Minimum improvement over the champion per metric."
     )
-    prediction_range: tuple[float, float] | None = Field(None, description="Plausible [min, max] of predictions.")
+    prediction_range: tuple[float, float] | None = Field(
+        None, description="Plausible [min, max] of predictions (classifiers: of the `probability` column)."
+    )
+    threshold: ThresholdSearch | None = Field(
+        None, description="Binary classification: choose model.threshold on the validation rows."
+    )
 
     @model_validator(mode="after")
     def _range(self) -> GateConfig:
@@ -471,13 +506,55 @@ def read_raw(path: Path) -> dict[str, Any]:
 def validate(data: dict[str, Any], file: str) -> LooplineConfig:
     """Validate a parsed (interpolated, overlaid) mapping; raise ConfigError listing every problem."""
     try:
-        return LooplineConfig.model_validate(data)
+        cfg = LooplineConfig.model_validate(data)
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]
         raise ConfigError(
             "\n".join(f"{file}: {p}" for p in problems),
             hint="see the configuration reference in README.md",
         ) from None
+    problems = cross_check(cfg)
+    if problems:
+        raise ConfigError(
+            "\n".join(f"{file}: {p}" for p in problems), hint="see the configuration reference in README.md"
+        )
+    return cfg
+
+
+def cross_check(cfg: LooplineConfig) -> list[str]:
+    """Rules spanning sections: classification-only keys, the probability range, metric names per task."""
+    from loopline import metrics
+
+    task = cfg.model.task
+    problems: list[str] = []
+    if task != "classification":
+        only = {
+            "model.positive_label": cfg.model.positive_label,
+            "model.threshold": cfg.model.threshold,
+            "training.calibrate": cfg.training.calibrate,
+            "gate.threshold": cfg.gate.threshold,
+        }
+        problems += [
+            f"{k} is only for model.task: classification (got {v!r})" for k, v in only.items() if v is not None
+        ]
+    if cfg.model.threshold is not None and cfg.gate.threshold is not None:
+        problems.append("model.threshold and gate.threshold both set the decision threshold; keep one")
+    rng = cfg.gate.prediction_range
+    if task == "classification" and rng is not None and not (0.0 <= rng[0] <= rng[1] <= 1.0):
+        problems.append(
+            f"gate.prediction_range is the range of the `probability` column for a classifier: [min, max] within "
+            f"[0, 1], got {list(rng)}"
+        )
+    used = [(f"training.metrics[{i}]", m) for i, m in enumerate(cfg.training.metrics or [])]
+    used += [(f"gate.thresholds.{m}", m) for m in cfg.gate.thresholds]
+    used += [(f"gate.min_improvement.{m}", m) for m in cfg.gate.min_improvement]
+    if cfg.monitoring.performance.metric:
+        used.append(("monitoring.performance.metric", cfg.monitoring.performance.metric))
+    known = metrics.known(task)
+    for key, name in used:
+        if name not in known:
+            problems.append(f"{key}: {name!r} is not a {task} metric (valid: {', '.join(known)})")
+    return problems
 
 
 def _describe(err: Any) -> str:

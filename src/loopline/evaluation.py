@@ -17,91 +17,62 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from loopline.errors import ConfigError, GateError
+import numpy as np
+
+from loopline import metrics as metric_registry
+from loopline.errors import GateError
+from loopline.metrics import LOWER_IS_BETTER, Scored, lower_is_better
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
     from loopline.config import Project
+    from loopline.labels import LabelSpec
+    from loopline.runtime import Output
 
-REGRESSION_METRICS = ("mae", "rmse", "r2", "mse")
-CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
-DEFAULT_METRICS = {"regression": ["mae", "rmse", "r2"], "classification": ["accuracy", "f1", "roc_auc", "log_loss"]}
-LOWER_IS_BETTER = frozenset({"mae", "rmse", "mse", "log_loss"})
+__all__ = ["LOWER_IS_BETTER", "GateResult", "compute_metrics", "gate", "lower_is_better", "metric_names"]
 TAG = "loopline.gate"
 
 
-def known_metrics(task: str) -> tuple[str, ...]:
-    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
-
-
-def lower_is_better(metric: str) -> bool:
-    return metric in LOWER_IS_BETTER
-
-
-def metric_names(project: Project) -> list[str]:
+def metric_names(project: Project, spec: LabelSpec) -> list[str]:
     """The metrics computed in training and in the gate: the configured (or default) ones plus any the gate uses.
 
-    Raises ConfigError naming the key when a metric is unknown for the task.
+    Raises ConfigError naming the key when a metric does not fit the task (or is binary-only on a multiclass model).
     """
     cfg = project.config
     task = cfg.model.task
-    known = known_metrics(task)
     file = project.config_path.name
-    names = list(cfg.training.metrics or DEFAULT_METRICS[task])
+    n_classes = len(spec.classes) if spec.is_classifier else None
+    names = list(cfg.training.metrics or metric_registry.defaults(spec))
     for key, used in (
         ("training.metrics", list(cfg.training.metrics or [])),
         ("gate.thresholds", list(cfg.gate.thresholds)),
         ("gate.min_improvement", list(cfg.gate.min_improvement)),
     ):
         for m in used:
-            if m not in known:
-                raise ConfigError(
-                    f"{file}: {key}.{m} is not a known {task} metric",
-                    hint=f"known {task} metrics: {', '.join(known)}",
-                )
+            metric_registry.check_name(m, task, f"{key}.{m}", file, n_classes)
             if m not in names:
                 names.append(m)
     return names
 
 
-def compute_metrics(
-    task: str, names: list[str], y_true: Any, y_pred: Any, proba: np.ndarray | None = None, classes: Any = None
-) -> dict[str, float]:
-    """Compute each named metric; classification metrics needing probabilities are skipped without them."""
-    import numpy as np
-    from sklearn import metrics as skm
+def compute_metrics(names: list[str], y_true: Any, out: Output, spec: LabelSpec) -> dict[str, float]:
+    """The named metrics of predictions ``out`` against ``y_true`` (metrics needing probabilities are skipped
+    when ``out`` has none)."""
+    from loopline.runtime import typed_labels
 
-    out: dict[str, float] = {}
-    yt = np.asarray(y_true)
-    yp = np.asarray(y_pred)
-    for name in names:
-        if name == "mae":
-            out[name] = float(skm.mean_absolute_error(yt, yp))
-        elif name == "mse":
-            out[name] = float(skm.mean_squared_error(yt, yp))
-        elif name == "rmse":
-            out[name] = float(math.sqrt(skm.mean_squared_error(yt, yp)))
-        elif name == "r2":
-            out[name] = float(skm.r2_score(yt, yp)) if len(yt) > 1 else float("nan")
-        elif name == "accuracy":
-            out[name] = float(skm.accuracy_score(yt, yp))
-        elif name == "f1":
-            binary = len(np.unique(np.concatenate([yt.astype(str), yp.astype(str)]))) <= 2
-            avg = "binary" if binary and set(np.unique(yt).tolist()) <= {0, 1} else "macro"
-            out[name] = float(skm.f1_score(yt, yp, average=avg))
-        elif name in ("roc_auc", "log_loss") and proba is not None:
-            try:
-                if name == "log_loss":
-                    out[name] = float(skm.log_loss(yt, proba, labels=classes))
-                elif proba.shape[1] == 2:
-                    out[name] = float(skm.roc_auc_score(yt, proba[:, 1]))
-                else:
-                    out[name] = float(skm.roc_auc_score(yt, proba, multi_class="ovr", labels=classes))
-            except ValueError:  # a single class in y_true: undefined
-                continue
-    return out
+    y = np.asarray(y_true)
+    y = typed_labels(y, spec) if spec.is_classifier else y.astype(np.float64)
+    return metric_registry.compute(names, Scored(y, out.predictions, out.proba, spec))
+
+
+def per_class(y_true: Any, out: Output, spec: LabelSpec) -> dict[str, Any]:
+    """Precision / recall / F1 / support per class and the confusion matrix ({} for regression)."""
+    from loopline.runtime import typed_labels
+
+    if not spec.is_classifier or not spec.classes:
+        return {}
+    return metric_registry.per_class(Scored(typed_labels(np.asarray(y_true), spec), out.predictions, out.proba, spec))
 
 
 @dataclass
@@ -118,6 +89,8 @@ class GateResult:
     failed_rules: list[str] = field(default_factory=list)
     rules_checked: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    candidate_per_class: dict[str, Any] = field(default_factory=dict)
+    champion_per_class: dict[str, Any] = field(default_factory=dict)
 
     @property
     def verdict(self) -> str:
@@ -154,57 +127,30 @@ def small_input_threads(rows: int) -> AbstractContextManager[Any]:
 
 @dataclass
 class _Scored:
-    predictions: Any = None
-    proba: Any = None
-    classes: Any = None
+    output: Output | None = None
+    spec: LabelSpec | None = None
     error: str | None = None
 
 
-def _score(uri: str, X: pd.DataFrame, task: str) -> _Scored:
-    """Load a model from the registry and predict; every failure becomes a reason, never an exception."""
-    import numpy as np
-
-    from loopline import tracking
+def _score(uri: str, X: pd.DataFrame, fallback: LabelSpec) -> _Scored:
+    """Load a model from the registry and predict (labels and probabilities); every failure becomes a reason."""
+    from loopline import runtime
 
     try:
-        model = tracking.load_model(uri)
-    except Exception as exc:
-        return _Scored(error=f"fails to load ({type(exc).__name__}: {_short(exc)})")
+        rt = runtime.load(uri, fallback)
+    except runtime.RuntimeLoadError as exc:
+        cause = exc.__cause__ or exc
+        return _Scored(error=f"fails to load ({type(cause).__name__}: {_short(cause)})")
     try:
         with small_input_threads(len(X)):
-            out: Any = model.predict(X)
+            out = rt.predict_frame(X)
+    except runtime.OutputShapeError as exc:
+        return _Scored(error=f"returns the wrong output shape: expected ({exc.n},), got {exc.got}")
+    except runtime.NonNumericOutput as exc:
+        return _Scored(error=f"returns non-numeric predictions for a regression model ({_short(exc)})")
     except Exception as exc:
         return _Scored(error=f"raises on predict ({type(exc).__name__}: {_short(exc)})")
-    try:
-        arr = np.asarray(out.to_numpy() if hasattr(out, "to_numpy") else out)
-    except Exception as exc:
-        return _Scored(error=f"returns predictions that are not an array ({type(exc).__name__}: {_short(exc)})")
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1 or arr.shape[0] != len(X):
-        return _Scored(error=f"returns the wrong output shape: expected ({len(X)},), got {arr.shape}")
-    if task == "regression":
-        try:
-            arr = arr.astype("float64")
-        except (TypeError, ValueError):
-            return _Scored(error=f"returns non-numeric predictions (dtype {arr.dtype}) for a regression model")
-    proba = classes = None
-    if task == "classification":
-        with small_input_threads(len(X)):
-            proba, classes = _probabilities(model, X)
-    return _Scored(predictions=arr, proba=proba, classes=classes)
-
-
-def _probabilities(model: Any, X: pd.DataFrame) -> tuple[Any, Any]:
-    """predict_proba of the raw model behind a pyfunc, when it has one."""
-    try:
-        raw = model.get_raw_model()
-        est = getattr(raw, "sklearn_model", raw)
-        if hasattr(est, "predict_proba"):
-            return est.predict_proba(X), getattr(est, "classes_", None)
-    except Exception:
-        pass
-    return None, None
+    return _Scored(output=out, spec=rt.spec)
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -214,26 +160,32 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 # ----------------------------------------------------------------------------- rules
 def _check_predictions(
-    preds: Any, task: str, prediction_range: tuple[float, float] | None
+    out: Output, spec: LabelSpec, prediction_range: tuple[float, float] | None
 ) -> tuple[list[str], list[str]]:
-    import numpy as np
-
+    """Regression: finite predictions inside ``gate.prediction_range``; classifiers: finite probabilities,
+    the ``probability`` column inside the range."""
     checked: list[str] = []
     failed: list[str] = []
-    if task != "regression":
-        return checked, failed
+    if spec.is_classifier:
+        if out.proba is None:
+            return checked, failed
+        values = spec.score(out.predictions, out.proba)
+        what = "probabilities"
+    else:
+        values = out.predictions
+        what = "predictions"
     checked.append("predictions_finite")
-    bad = int((~np.isfinite(preds)).sum())
+    bad = int((~np.isfinite(values)).sum())
     if bad:
-        failed.append(f"predictions_finite: {bad} of {len(preds)} test predictions are NaN or infinite")
+        failed.append(f"predictions_finite: {bad} of {len(values)} test {what} are NaN or infinite")
     if prediction_range is not None:
         lo, hi = prediction_range
         checked.append("prediction_range")
-        finite = preds[np.isfinite(preds)]
-        out = int(((finite < lo) | (finite > hi)).sum())
-        if out:
+        finite = values[np.isfinite(values)]
+        n_out = int(((finite < lo) | (finite > hi)).sum())
+        if n_out:
             failed.append(
-                f"prediction_range: {out} of {len(preds)} test predictions outside [{lo:g}, {hi:g}] "
+                f"prediction_range: {n_out} of {len(values)} test {what} outside [{lo:g}, {hi:g}] "
                 f"(min {finite.min():.6g}, max {finite.max():.6g})"
             )
     return checked, failed
@@ -283,10 +235,9 @@ def gate(
 ) -> GateResult:
     """Score candidate ``version`` and the current champion on ``test_df``; record and return the verdict."""
     from loopline import tracking
+    from loopline.labels import from_config
 
     cfg = project.config
-    task = cfg.model.task
-    names = metrics or metric_names(project)
     name = project.registered_model
     version = str(version)
     target = cfg.model.target
@@ -296,26 +247,33 @@ def gate(
     missing = [c for c in cols if c not in test_df.columns]
     if missing:
         raise GateError(f"the gate's test rows have no model input column(s) {missing}")
+    test_df = test_df[test_df[target].notna()]
     if test_df.empty:
-        raise GateError("the gate has no test rows", hint="add rows to the features table or lower training.split.test")
-    X, y = test_df[cols], test_df[target]
+        raise GateError(
+            "the gate has no labelled test rows", hint="add rows to the features table or lower training.split.test"
+        )
+    X, y = test_df[cols], test_df[target].to_numpy()
 
     champion = tracking.alias_version(project, tracking.CHAMPION)
     champ_version = str(champion.version) if champion is not None else None
     result = GateResult(
         model=name, candidate_version=version, champion_version=champ_version, passed=False, n_test=len(test_df)
     )
-
-    cand = _score(f"models:/{name}/{version}", X, task)
+    fallback = from_config(cfg.model)
+    cand = _score(f"models:/{name}/{version}", X, fallback)
+    spec = cand.spec or fallback
+    names = metrics or metric_names(project, spec)
     result.rules_checked.append("candidate_scores")
     if cand.error is not None:
         result.failed_rules.append(f"candidate_scores: the candidate {cand.error}")
     else:
-        checked, failed = _check_predictions(cand.predictions, task, cfg.gate.prediction_range)
+        assert cand.output is not None
+        checked, failed = _check_predictions(cand.output, spec, cfg.gate.prediction_range)
         result.rules_checked += checked
         result.failed_rules += failed
         try:
-            result.candidate_metrics = compute_metrics(task, names, y, cand.predictions, cand.proba, cand.classes)
+            result.candidate_metrics = compute_metrics(names, y, cand.output, spec)
+            result.candidate_per_class = per_class(y, cand.output, spec)
         except Exception as exc:
             why = f"{type(exc).__name__}: {_short(exc)}"
             result.failed_rules.append(f"candidate_metrics: cannot compute metrics ({why})")
@@ -324,12 +282,14 @@ def gate(
         result.failed_rules += failed
 
     if champ_version is not None and champ_version != version:
-        champ = _score(f"models:/{name}/{champ_version}", X, task)
+        champ = _score(f"models:/{name}/{champ_version}", X, fallback)
         if champ.error is not None:
             result.notes.append(f"champion v{champ_version} {champ.error}; only absolute thresholds applied")
         else:
+            assert champ.output is not None and champ.spec is not None
             try:
-                result.champion_metrics = compute_metrics(task, names, y, champ.predictions, champ.proba, champ.classes)
+                result.champion_metrics = compute_metrics(names, y, champ.output, champ.spec)
+                result.champion_per_class = per_class(y, champ.output, champ.spec)
             except Exception as exc:
                 result.notes.append(f"champion v{champ_version} metrics failed ({type(exc).__name__}: {_short(exc)})")
             if cand.error is None and result.champion_metrics:
@@ -361,6 +321,8 @@ def record(project: Project, result: GateResult) -> None:
         **{f"{TAG}.candidate.{m}": repr(v) for m, v in result.candidate_metrics.items()},
         **{f"{TAG}.champion.{m}": repr(v) for m, v in result.champion_metrics.items()},
     }
+    if result.candidate_per_class:
+        tags[f"{TAG}.per_class"] = json.dumps(result.candidate_per_class, separators=(",", ":"), default=str)[:5000]
     try:
         mv = c.get_model_version(name, version)
         for k, v in tags.items():
@@ -377,11 +339,29 @@ def record(project: Project, result: GateResult) -> None:
             metrics += [
                 Metric(f"gate_champion_{m}", v, now, 0) for m, v in result.champion_metrics.items() if not math.isnan(v)
             ]
+            metrics += _per_class_metrics(result.candidate_per_class, now)
             c.log_batch(mv.run_id, metrics=metrics, tags=[RunTag(k, v[:5000]) for k, v in tags.items()])
+            if result.candidate_per_class or result.champion_per_class:
+                report = {"candidate": result.candidate_per_class, "champion": result.champion_per_class}
+                c.log_dict(mv.run_id, report, "gate/per_class.json")
         if result.passed:
             c.set_registered_model_alias(name, tracking.CHALLENGER, version)
     except MlflowException as exc:
         raise GateError(f"cannot record the gate verdict on {name} version {version}: {exc.message}") from None
+
+
+def _per_class_metrics(report: dict[str, Any], now: int) -> list[Any]:
+    """``gate_candidate_<precision|recall|f1>.<class>`` metrics (class names made MLflow-safe)."""
+    import re
+
+    from mlflow.entities import Metric
+
+    out = []
+    for i, cls in enumerate(report.get("classes", [])):
+        safe = re.sub(r"[^A-Za-z0-9_\-. /]", "_", str(cls))[:100] or "_"
+        for m in ("precision", "recall", "f1"):
+            out.append(Metric(f"gate_candidate_{m}.{safe}", float(report[m][i]), now, 0))
+    return out
 
 
 def _now_ms() -> int:

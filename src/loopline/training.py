@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
-import inspect
 import json
 import re
 import subprocess
@@ -22,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from loopline import estimators
 from loopline.errors import ConfigError, HookError, TrainingError
 from loopline.evaluation import (
     GateResult,
@@ -31,6 +30,7 @@ from loopline.evaluation import (
     metric_names,
     small_input_threads,
 )
+from loopline.labels import LabelKind, LabelSpec, spec_for
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from loopline.config import Project, SplitConfig
+    from loopline.runtime import Output
 
 FEATURES = "features"
 
@@ -61,6 +62,8 @@ class TrainResult:
     gate: GateResult
     trials: int = 0
     notes: list[str] = field(default_factory=list)
+    n_unlabelled: int = 0
+    label: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,17 +82,22 @@ class Prepared:
     train: pd.DataFrame
     valid: pd.DataFrame
     test: pd.DataFrame
+    kind: LabelKind = "float"
+    categorical: list[str] = field(default_factory=list)
+    n_unlabelled: int = 0
+    classes: list[Any] = field(default_factory=list)  # classifiers: every label in the labelled rows, sorted
 
 
 # ----------------------------------------------------------------------------- data
-def read_features(project: Project, data_version: int | None = None) -> tuple[pd.DataFrame, int, str]:
-    """The whole features table at ``data_version`` (latest by default) as pandas, its version and URI."""
+def read_features(project: Project, data_version: int | None = None) -> tuple[pd.DataFrame, int, str, Any]:
+    """The whole features table at ``data_version`` (latest by default) as pandas, its version, URI and
+    Arrow schema."""
     from loopline.tables import DeltaStore
 
     store = DeltaStore(project.storage_root, project.storage_options)
     version = store.version(FEATURES) if data_version is None else int(data_version)
-    df = store.read(FEATURES, version=version).to_pandas()
-    return df, version, store.uri(FEATURES)
+    table = store.read(FEATURES, version=version)
+    return table.to_pandas(), version, store.uri(FEATURES), table.schema
 
 
 def split_frame(
@@ -128,8 +136,10 @@ def split_frame(
 
 def prepare(project: Project, data_version: int | None = None) -> Prepared:
     """Read the features at a pinned version, check the columns and split them."""
+    from loopline.labels import kind_of_arrow
+
     cfg = project.config
-    df, version, uri = read_features(project, data_version)
+    df, version, uri, schema = read_features(project, data_version)
     if df.empty:
         raise TrainingError(
             f"the features table at version {version} is empty ({uri})", hint="run `loopline run ingest` first"
@@ -152,8 +162,45 @@ def prepare(project: Project, data_version: int | None = None) -> Prepared:
             f"the features table (version {version}) has no model input columns",
             hint="set model.features, or add feature columns to the features hook output",
         )
+    kind = kind_of_arrow(schema.field(target).type, cfg.model.task)
+    df, n_unlabelled = _labelled(df, target, kind, version)
+    classes = _sorted_unique(df[target]) if cfg.model.task == "classification" else []
+    if cfg.model.task == "classification" and len(classes) < 2:
+        raise TrainingError(
+            f"the target {target!r} has {len(classes)} class(es) in the labelled rows of features version {version} "
+            f"({classes}); a classifier needs at least two",
+            hint="ingest rows of another class, or check model.task",
+        )
     train, valid, test = split_frame(df, cfg.training.split, cfg.model.time_column, project.config_path.name)
-    return Prepared(uri, version, cols, target, train, valid, test)
+    categorical = estimators.categorical_columns(df, cols)
+    return Prepared(uri, version, cols, target, train, valid, test, kind, categorical, n_unlabelled, classes)
+
+
+def _labelled(df: pd.DataFrame, target: str, kind: LabelKind, version: int) -> tuple[pd.DataFrame, int]:
+    """Rows whose label has arrived (target not null), the target in its own type; and how many were left out."""
+    import numpy as np
+
+    mask = df[target].notna().to_numpy()
+    n_out = int((~mask).sum())
+    if n_out:
+        df = df.loc[mask].reset_index(drop=True)
+    if df.empty:
+        raise TrainingError(
+            f"every row of the features table (version {version}) has a null target {target!r}: no labels yet",
+            hint="deliver labels (feedback with retraining.use_feedback_labels) or ingest labelled rows",
+        )
+    dtype = {"int": np.int64, "bool": np.bool_, "float": np.float64}.get(kind)
+    if dtype is not None and df[target].dtype != dtype:
+        df = df.assign(**{target: df[target].astype(dtype)})
+    elif kind == "str" and df[target].dtype != object:
+        df = df.assign(**{target: df[target].astype(str).astype(object)})
+    return df, n_out
+
+
+def _sorted_unique(y: pd.Series) -> list[Any]:
+    import numpy as np
+
+    return np.unique(y.to_numpy()).tolist()
 
 
 def test_rows(project: Project, data_version: int | None = None) -> tuple[pd.DataFrame, int]:
@@ -163,51 +210,17 @@ def test_rows(project: Project, data_version: int | None = None) -> tuple[pd.Dat
 
 
 # ----------------------------------------------------------------------------- estimators
-def resolve_estimator(path: str, file: str) -> type:
-    module_name, _, cls_name = path.replace(":", ".").rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-        cls = getattr(module, cls_name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(
-            f"{file}: training.estimator {path!r} cannot be imported ({exc})",
-            hint="give a class path like sklearn.ensemble.HistGradientBoostingRegressor or lightgbm.LGBMRegressor",
-        ) from None
-    if not isinstance(cls, type) or not hasattr(cls, "fit"):
-        raise ConfigError(f"{file}: training.estimator {path!r} is not an estimator class (no fit method)")
-    return cls
-
-
-def validate_params(cls: type, params: dict[str, Any], file: str, key: str = "training.params") -> None:
-    """Check params against the estimator's signature and scikit-learn's ``_parameter_constraints``."""
-    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
-    names = [p for p in sig.parameters if p != "self"]
-    problems: list[str] = []
-    if not accepts_any:
-        problems += [f"{file}: {key}.{k} is not a parameter of {cls.__name__}" for k in params if k not in names]
-    constraints = getattr(cls, "_parameter_constraints", None)
-    if isinstance(constraints, dict):
-        from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
-
-        for k, v in params.items():
-            if k not in constraints:
-                continue
-            try:
-                validate_parameter_constraints({k: constraints[k]}, {k: v}, caller_name=cls.__name__)
-            except InvalidParameterError as exc:
-                m = re.search(r"must be (.*)\. Got (.*) instead\.", str(exc), re.S)
-                what, got = (m.group(1), m.group(2)) if m else (str(exc), repr(v))
-                problems.append(f"{file}: {key}.{k} must be {what}, got {got}")
-    if problems:
-        raise ConfigError("\n".join(problems), hint=f"parameters of {cls.__name__}: {', '.join(names)}")
+resolve_estimator = estimators.resolve_estimator
+validate_params = estimators.validate_params
 
 
 class _Trainer:
-    """Fits either a built-in estimator class or the user's ``module:train`` hook."""
+    """Fits either a built-in estimator class or the user's ``module:train`` hook, then (classifiers)
+    calibrates it and applies the decision threshold; knows the label contract of what it fitted."""
 
     def __init__(self, project: Project) -> None:
         tc = project.config.training
+        self.project = project
         self.file = project.config_path.name
         self.cls: type | None = None
         self.hook = None
@@ -229,17 +242,15 @@ class _Trainer:
         if self.cls is not None:
             validate_params(self.cls, params, self.file, key)
 
-    def fit(self, p: Prepared, params: dict[str, Any]) -> Any:
+    def fit(self, p: Prepared, params: dict[str, Any], train: pd.DataFrame | None = None) -> Any:
+        """Fit on ``train`` (default: the training split); the hook also gets the validation rows."""
+        train = p.train if train is None else train
         if self.cls is not None:
-            est = self.cls(**params)
-            try:
-                est.fit(p.train[p.input_columns], p.train[p.target])
-            except Exception as exc:
-                raise TrainingError(f"{self.name}.fit raised {type(exc).__name__}: {exc}") from exc
-            return est
+            est = estimators.build(self.cls, params, p.categorical, p.input_columns)
+            return estimators.fit(est, train[p.input_columns], train[p.target], self.name)
         assert self.hook is not None
         try:
-            model = self.hook(p.train.copy(), p.valid.copy(), dict(params))
+            model = self.hook(train.copy(), p.valid.copy(), dict(params))
         except Exception as exc:
             raise HookError(f"training.hook {self.name} raised {type(exc).__name__}: {exc}") from exc
         if model is None or not hasattr(model, "predict"):
@@ -249,18 +260,67 @@ class _Trainer:
             )
         return model
 
+    def spec(self, p: Prepared, model: Any = None, threshold: float | None = None) -> LabelSpec:
+        """The label contract: the fitted model's classes (else the labelled rows'), positive class, threshold."""
+        from loopline.labels import LabelValueError
 
-def _evaluate(project: Project, model: Any, df: pd.DataFrame, p: Prepared, names: list[str]) -> dict[str, float]:
-    X, y = df[p.input_columns], df[p.target]
+        m = self.project.config.model
+        classes = getattr(model, "classes_", None)
+        found = list(classes) if classes is not None else p.classes
+        try:
+            return spec_for(m.task, p.kind, found, m.positive_label, threshold or m.threshold, m.target)
+        except LabelValueError as exc:
+            raise ConfigError(f"{self.file}: {exc}", hint=f"the target's classes: {p.classes}") from None
+
+    def finish(self, model: Any, p: Prepared, notes: list[str]) -> tuple[Any, LabelSpec]:
+        """Calibrate (``training.calibrate``) and set the decision threshold (``model.threshold`` /
+        ``gate.threshold``) of a classifier on the validation rows; regression models pass through."""
+        cfg = self.project.config
+        spec = self.spec(p, model)
+        if not spec.is_classifier:
+            return model, spec
+        probabilistic = hasattr(model, "predict_proba") and hasattr(model, "classes_")
+        X, y = p.valid[p.input_columns], p.valid[p.target]
+        if cfg.training.calibrate and probabilistic:
+            model = estimators.calibrate(model, X, y, cfg.training.calibrate)
+        search = cfg.gate.threshold
+        if spec.binary and search is not None and probabilistic:
+            import numpy as np
+
+            proba = np.asarray(model.predict_proba(X))[:, spec.positive_index()]
+            chosen = estimators.choose_threshold(proba, np.asarray(y) == spec.positive, search)
+            if chosen is None:
+                notes.append("gate.threshold: the validation rows hold one class only; threshold left at default")
+            spec = self.spec(p, model, chosen)
+        elif (cfg.training.calibrate or cfg.model.threshold or search) and not probabilistic:
+            notes.append("the model has no predict_proba/classes_: calibration and threshold not applied")
+            return model, self.spec(p, model, None) if spec.threshold else spec
+        if spec.binary and spec.threshold is not None and probabilistic:
+            model = estimators.with_threshold(model, spec, X, y)
+        return model, spec
+
+
+def _output(model: Any, X: pd.DataFrame, spec: LabelSpec) -> Output:
+    """An in-memory model's predictions (and probabilities) on ``X``, as the runtime gives them."""
+    import numpy as np
+
+    from loopline.runtime import Output, as_1d, typed_labels
+
     with small_input_threads(len(X)):
-        pred = model.predict(X)
-        proba = classes = None
-        if project.config.model.task == "classification" and hasattr(model, "predict_proba"):
+        raw = as_1d(model.predict(X), len(X))
+        if not spec.is_classifier:
+            return Output(raw.astype(np.float64))
+        proba = None
+        if hasattr(model, "predict_proba") and len(getattr(model, "classes_", ())) == len(spec.classes):
             try:
-                proba, classes = model.predict_proba(X), getattr(model, "classes_", None)
+                proba = np.asarray(model.predict_proba(X), dtype=np.float64)
             except Exception:
                 proba = None
-    return compute_metrics(project.config.model.task, names, y, pred, proba, classes)
+    return Output(typed_labels(raw, spec), proba)
+
+
+def _evaluate(model: Any, df: pd.DataFrame, p: Prepared, names: list[str], spec: LabelSpec) -> dict[str, float]:
+    return compute_metrics(names, df[p.target].to_numpy(), _output(model, df[p.input_columns], spec), spec)
 
 
 # ----------------------------------------------------------------------------- search
@@ -299,7 +359,7 @@ def _search(
             try:
                 trainer.validate(params, "training.search.space")
                 model = trainer.fit(p, params)
-                valid = _evaluate(project, model, p.valid, p, names)
+                valid = _evaluate(model, p.valid, p, names, trainer.spec(p, model))
                 value = valid.get(metric, float("nan"))
                 if math.isnan(value):
                     raise TrainingError(f"valid_{metric} is NaN")
@@ -410,7 +470,7 @@ def _dataset(df: pd.DataFrame, uri: str, version: int, target: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- log, register, gate
-def _log_model(project: Project, model: Any, X_example: pd.DataFrame) -> Any:
+def _log_model(project: Project, model: Any, X_example: pd.DataFrame, spec: LabelSpec) -> Any:
     import warnings
 
     import mlflow
@@ -442,6 +502,7 @@ def _log_model(project: Project, model: Any, X_example: pd.DataFrame) -> Any:
                 serialization_format=serialization,
                 skops_trusted_types=trusted or None,
                 registered_model_name=project.registered_model,
+                metadata={"loopline": spec.to_dict()},
             )
     except Exception as exc:
         raise TrainingError(f"logging the model to MLflow failed: {type(exc).__name__}: {exc}") from exc
@@ -452,9 +513,11 @@ def publish(
     model: Any,
     p: Prepared,
     params: dict[str, Any],
+    spec: LabelSpec,
     *,
     names: list[str] | None = None,
     started: float | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[str, str, dict[str, float], GateResult, list[str]]:
     """Inside the active MLflow run: metrics, tags, dataset, model, registered version, gate.
 
@@ -469,11 +532,13 @@ def publish(
     from loopline.config import estimator_path
 
     duration = time.perf_counter() - started if started is not None else 0.0  # read + search + fit
-    names = names or metric_names(project)
-    notes: list[str] = []
+    names = names or metric_names(project, spec)
+    notes = list(notes or [])
+    if p.n_unlabelled:
+        notes.append(f"{p.n_unlabelled} row(s) without a label (target null) were left out")
     metrics: dict[str, float] = {}
     try:
-        metrics |= {f"valid_{m}": v for m, v in _evaluate(project, model, p.valid, p, names).items()}
+        metrics |= {f"valid_{m}": v for m, v in _evaluate(model, p.valid, p, names, spec).items()}
     except Exception as exc:
         notes.append(f"valid metrics not computed: the model raised {type(exc).__name__}: {exc}")
     commit, dirty = git_info(project.root)
@@ -489,6 +554,9 @@ def publish(
             "loopline.env": project.env,
             "loopline.split": tc.split.model_dump_json(),
             "loopline.trainer": tc.hook or estimator_path(project.config) or "",
+            "loopline.label": spec.to_json()[:5000],
+            "loopline.unlabelled_rows": str(p.n_unlabelled),
+            **({"loopline.categorical_inputs": json.dumps(p.categorical)} if p.categorical else {}),
             **({"loopline.train_notes": json.dumps(notes)[:5000]} if notes else {}),
         }
     )
@@ -498,18 +566,18 @@ def publish(
     with warnings.catch_warnings():  # MLflow's integer-column hint is about model signatures, not datasets
         warnings.simplefilter("ignore", UserWarning)
         mlflow.log_input(_dataset(frame, p.features_uri, p.features_version, p.target), context="training")
-    info = _log_model(project, model, p.test[p.input_columns].head(5))
+    info = _log_model(project, model, p.test[p.input_columns].head(5), spec)
     version = str(info.registered_model_version)
     result = gate(project, version, p.test, metrics=names)
     if result.candidate_metrics:  # the registered model scored on the test rows: the test metrics
         metrics |= {f"test_{m}": v for m, v in result.candidate_metrics.items()}
     else:
         try:
-            metrics |= {f"test_{m}": v for m, v in _evaluate(project, model, p.test, p, names).items()}
+            metrics |= {f"test_{m}": v for m, v in _evaluate(model, p.test, p, names, spec).items()}
         except Exception as exc:
             notes.append(f"test metrics not computed: the model raised {type(exc).__name__}: {exc}")
-        if notes:
-            mlflow.set_tag("loopline.train_notes", json.dumps(notes)[:5000])
+    if notes:
+        mlflow.set_tag("loopline.train_notes", json.dumps(notes)[:5000])
     mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)} | {"training_duration_s": duration})
     return f"models:/{project.registered_model}/{version}", version, metrics, result, notes
 
@@ -534,16 +602,19 @@ def train(
     trainer = _Trainer(project)
     if tc.search is None:
         trainer.validate(params)
-    names = metric_names(project)
     p = prepare(project, data_version)
+    names = metric_names(project, trainer.spec(p))
     exp = tracking.experiment_id(project)
+    notes: list[str] = []
     with mlflow.start_run(experiment_id=exp, run_name=f"train-{project.env}-v{p.features_version}") as run:
         trials = 0
         if tc.search is not None:
             params, trials = _search(project, trainer, p, params, names)
             mlflow.set_tag("loopline.search_trials", str(trials))
-        model = trainer.fit(p, params)
-        uri, version, metrics, result, notes = publish(project, model, p, params, names=names, started=started)
+        model, spec = trainer.finish(trainer.fit(p, params), p, notes)
+        uri, version, metrics, result, notes = publish(
+            project, model, p, params, spec, names=names, started=started, notes=notes
+        )
         run_id = run.info.run_id
     return TrainResult(
         run_id=run_id,
@@ -561,6 +632,8 @@ def train(
         gate=result,
         trials=trials,
         notes=notes,
+        n_unlabelled=p.n_unlabelled,
+        label=spec.to_dict(),
     )
 
 

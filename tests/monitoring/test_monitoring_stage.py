@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from loopline.config import Project, load_project
-from loopline.errors import MonitoringError, RegistryError
+from loopline.errors import ConfigError, MonitoringError, RegistryError
 from loopline.monitoring.monitor import EXIT_BREACH, latest_verdicts, monitor, monitor_job, resolve_window
 from loopline.monitoring.performance import check_range, compute_metrics, evaluate_performance, limit_for
 from loopline.tables import DeltaStore
@@ -250,7 +250,7 @@ def test_performance_and_range_helpers(env: Env) -> None:
     assert rng is not None and rng.share == pytest.approx(rng.n_out / 800)
     assert limit_for("r2", 0.8, 0.25) == pytest.approx(0.6) and limit_for("rmse", 2.0, 0.5) == 3.0
     m = compute_metrics("classification", np.array(["a", "b", "a", "b"]), np.array(["a", "b", "b", "b"]))
-    assert m["accuracy"] == 0.75 and 0 < m["f1"] < 1
+    assert m["accuracy"] == 0.75 and 0 < m["f1_macro"] < 1
 
 
 # ----------------------------------------------------------------------------- errors
@@ -265,11 +265,12 @@ def test_window_arguments_are_checked() -> None:
     assert (start, end) == (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 8, tzinfo=UTC))
 
 
-def test_bad_performance_metric_is_refused(env: Env, tmp_path: Path) -> None:
+def test_bad_performance_metric_is_refused(tmp_path: Path) -> None:
     (tmp_path / "loopline.yaml").write_text(YAML.replace("metric: mae", "metric: roc_auc"))
-    proj = load_project(tmp_path)
-    with pytest.raises(MonitoringError, match=r"monitoring\.performance\.metric must be one of mae, rmse, r2"):
-        evaluate_performance(proj, env.store, NOW - timedelta(days=1), NOW, {})
+    with pytest.raises(
+        ConfigError, match=r"monitoring\.performance\.metric: 'roc_auc' is not a regression metric \(valid: mae,"
+    ):
+        load_project(tmp_path)
 
 
 def test_no_champion_is_a_clear_error(env: Env) -> None:

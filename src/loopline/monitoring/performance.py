@@ -21,8 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from loopline.errors import MonitoringError
-from loopline.evaluation import LOWER_IS_BETTER
-from loopline.evaluation import compute_metrics as gate_metrics
+from loopline.metrics import LOWER_IS_BETTER
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -42,12 +41,16 @@ def compute_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[s
     """MAE / RMSE / R2 for regression; accuracy / F1 for classification (labels compared as text)."""
     if len(y_true) == 0:
         return {}
+    from loopline import metrics
+    from loopline.labels import spec_for
+
     if task == "regression":
         t, p = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
-        return gate_metrics(task, list(REGRESSION_METRICS), t, p)
-    t_s = np.asarray([str(x) for x in y_true])
-    p_s = np.asarray([str(x) for x in y_pred])
-    return gate_metrics(task, list(CLASSIFICATION_METRICS), t_s, p_s)
+        return metrics.compute(list(REGRESSION_METRICS), metrics.Scored(t, p, None, spec_for(task, "float")))
+    t_s = np.asarray([str(x) for x in y_true], dtype=object)
+    p_s = np.asarray([str(x) for x in y_pred], dtype=object)
+    spec = spec_for(task, "str", sorted(set(t_s.tolist()) | set(p_s.tolist())))
+    return metrics.compute(["accuracy", "f1_macro"], metrics.Scored(t_s, p_s, None, spec)) | {}
 
 
 def limit_for(metric: str, baseline: float, max_degradation: float) -> float:
