@@ -22,7 +22,7 @@ def champion(p: Project) -> str | None:
 
 def test_promote_refuse_force_rollback_retire_with_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOPLINE_ACTOR", "alice")
-    p = make_project(tmp_path)
+    p = make_project(tmp_path, {"training": {"refit": False}})
     with pytest.raises(RegistryError, match=r"registered model 'dev.demo' has no @challenger to promote"):
         registry.promote(p)
     with pytest.raises(RegistryError, match=r"registered model 'dev.demo' has no @champion"):
@@ -47,7 +47,7 @@ def test_promote_refuse_force_rollback_retire_with_audit(tmp_path: Path, monkeyp
     with pytest.raises(
         RegistryError,
         match=r"version 2 of dev.demo has not passed the gate \(verdict: failed; "
-        r"failed rules: min_improvement.mae",
+        r"failed rules: not_worse.mae",
     ):
         registry.promote(p, version=2)
     with pytest.raises(RegistryError, match=r"a forced promotion of dev.demo needs a reason"):

@@ -22,8 +22,12 @@ def test_train_records_everything_and_passes_the_gate_without_champion(tmp_path:
     r = train(p)
     assert r.version == "1" and r.model == "dev.demo" and r.features_version == 0
     assert (r.n_train, r.n_valid, r.n_test) == (240, 80, 80)
-    assert r.gate.passed and r.gate.champion_version is None
-    assert r.gate.notes == ["no champion yet: only absolute thresholds applied"]
+    assert r.gate.passed and r.gate.champion_version is None and r.refit
+    assert r.gate.notes == [
+        "metrics of the evaluated candidate (trained without these 80 rows); registered v1 is its refit on every "
+        "labelled row",
+        "no champion yet: only absolute thresholds applied",
+    ]
     c = tracking.client(p)
     assert str(c.get_model_version_by_alias("dev.demo", "challenger").version) == "1"
 
@@ -50,6 +54,13 @@ def test_train_records_everything_and_passes_the_gate_without_champion(tmp_path:
         assert m in metrics
     assert metrics["test_mae"] == pytest.approx(r.gate.candidate_metrics["mae"])
     assert run.info.experiment_id == c.get_experiment_by_name("/demo/dev").experiment_id
+    # the registered model is the refit on all 400 labelled rows; the evaluated candidate is a linked nested run
+    assert tags["loopline.refit"] == "true" and tags["loopline.trained_rows"] == "400"
+    assert tags["loopline.trained_until"].startswith("2024-01-17T15:00:00")  # the newest row's event time
+    evaluated = c.get_run(tags["loopline.evaluation_run_id"])
+    assert evaluated.data.tags["loopline.refit_run_id"] == r.run_id
+    assert evaluated.data.tags["loopline.trained_rows"] == "240"
+    assert evaluated.data.metrics["test_mae"] == pytest.approx(metrics["test_mae"])
 
     (ds_input,) = run.inputs.dataset_inputs
     assert ds_input.dataset.source_type == "delta_table"
@@ -126,7 +137,7 @@ def test_split_random_is_seeded_and_time_split_puts_latest_rows_in_test() -> Non
     a = split_frame(df, SplitConfig(method="random", seed=3), None, "f")[2]
     b = split_frame(df, SplitConfig(method="random", seed=3), None, "f")[2]
     assert a["id"].tolist() == b["id"].tolist()
-    with pytest.raises(TrainingError, match=r"has 2 row"):
+    with pytest.raises(TrainingError, match=r"has 2 labelled row\(s\); a train/validation/test split needs at least 3"):
         split_frame(df.head(2), SplitConfig(), None, "f")
 
 
@@ -144,7 +155,9 @@ def test_optuna_search_logs_nested_trials_and_refits_best(tmp_path: Path) -> Non
     c = tracking.client(p)
     exp = c.get_experiment_by_name("/demo/dev").experiment_id
     children = c.search_runs([exp], f"tags.mlflow.parentRunId = '{r.run_id}'")
-    assert len(children) == 3 and all("valid_mae" in ch.data.metrics for ch in children)
+    assert sorted(ch.info.run_name for ch in children) == ["evaluated-candidate", "trial-0", "trial-1", "trial-2"]
+    children = [ch for ch in children if ch.info.run_name.startswith("trial-")]
+    assert all("valid_mae" in ch.data.metrics for ch in children)
     best = min(children, key=lambda ch: ch.data.metrics["valid_mae"])
     assert c.get_run(r.run_id).data.params["max_iter"] == best.data.params["max_iter"]
 
@@ -207,7 +220,7 @@ def test_cli_train_promote_and_gate_refusal_exit_code(tmp_path: Path) -> None:
 
     _register()
     runner = CliRunner()
-    make_project(tmp_path)
+    make_project(tmp_path, {"training": {"refit": False}})  # the same rows twice: compare like with like
     first = runner.invoke(app, ["run", "train", "--project", str(tmp_path), "--env", "dev"])
     assert first.exit_code == 0, first.output
     assert "version 1" in first.output and "gate verdict: passed" in first.output
@@ -219,13 +232,11 @@ def test_cli_train_promote_and_gate_refusal_exit_code(tmp_path: Path) -> None:
     assert again.returncode == 4, again.stderr
     data = json.loads(again.stdout)
     assert data["version"] == "2" and data["gate"]["verdict"] == "failed"
-    assert data["gate"]["failed_rules"][0].startswith("min_improvement.mae: candidate mae")
+    rules = data["gate"]["failed_rules"]
+    assert any(r.startswith("min_improvement.mae: candidate mae ") for r in rules), rules
     refused = runner.invoke(app, ["promote", "--version", "2", "--project", str(tmp_path)])
     assert isinstance(refused.exception, RegistryError)
-    assert (
-        "version 2 of dev.demo has not passed the gate (verdict: failed; failed rules: min_improvement.mae"
-        in refused.exception.message
-    )
+    assert "version 2 of dev.demo has not passed the gate (verdict: failed; failed rules: " in refused.exception.message
     hist = runner.invoke(app, ["history", "--project", str(tmp_path), "--json"])
     rows = json.loads(hist.output)
     assert [(r["action"], r["to_version"]) for r in rows] == [("promote", "1")]

@@ -194,6 +194,20 @@ class TrainingConfig(_Model):
     calibrate: Literal["isotonic", "sigmoid"] | None = Field(
         None, description="Classification: calibrate the probabilities on the validation rows."
     )
+    refit: bool = Field(
+        True,
+        description="After the gate's evidence is taken on the held-out newest rows, register a model refit on "
+        "every labelled row with the same parameters (off: register the evaluated model itself).",
+    )
+    window: Duration | None = Field(
+        None, description="Train on the most recent span of event time only (e.g. 180d; needs model.time_column)."
+    )
+    window_rows: int | None = Field(None, ge=10, description="Train on the most recent N labelled rows only.")
+    recency_half_life: Duration | None = Field(
+        None,
+        description="Weight training rows by age: a row this much older than the newest counts half "
+        "(needs model.time_column and an estimator taking sample_weight).",
+    )
     pip_requirements: list[str] = Field(
         default_factory=list, description="Extra pip requirements logged with the model (beyond loopline's own)."
     )
@@ -245,6 +259,11 @@ class GateConfig(_Model):
     )
     threshold: ThresholdSearch | None = Field(
         None, description="Binary classification: choose model.threshold on the validation rows."
+    )
+    not_worse: bool = Field(
+        True,
+        description="With a champion, the candidate must not be worse on the first metric (on the same held-out "
+        "newest rows, which neither model trained on); `min_improvement` rules add to this.",
     )
 
     @model_validator(mode="after")
@@ -328,9 +347,14 @@ class MonitoringConfig(_Model):
 
 
 class RetrainingConfig(_Model):
-    triggers: list[Literal["drift", "performance", "range", "schedule"]] = Field(
+    triggers: list[Literal["drift", "performance", "range", "schedule", "always"]] = Field(
         default_factory=lambda: ["drift", "performance"],  # type: ignore[arg-type]
-        description="What starts a retrain.",
+        description="What starts a retrain (`always`: every loop turn that has new labelled rows).",
+    )
+    min_new_labels: int = Field(
+        1,
+        ge=0,
+        description="Retrain only when at least this many labelled rows arrived since the champion was trained.",
     )
     source: str | None = Field(None, description="Source ingested before retraining (default: the first).")
     auto_promote: bool = Field(True, description="Promote a passing candidate automatically.")
@@ -537,6 +561,12 @@ def cross_check(cfg: LooplineConfig) -> list[str]:
         problems += [
             f"{k} is only for model.task: classification (got {v!r})" for k, v in only.items() if v is not None
         ]
+    needs_time = {
+        "training.window": cfg.training.window,
+        "training.recency_half_life": cfg.training.recency_half_life,
+    }
+    if cfg.model.time_column is None:
+        problems += [f"{k} needs model.time_column (got {v})" for k, v in needs_time.items() if v is not None]
     if cfg.model.threshold is not None and cfg.gate.threshold is not None:
         problems.append("model.threshold and gate.threshold both set the decision threshold; keep one")
     rng = cfg.gate.prediction_range
