@@ -47,7 +47,7 @@ def test_promote_refuse_force_rollback_retire_with_audit(tmp_path: Path, monkeyp
     with pytest.raises(
         RegistryError,
         match=r"version 2 of dev.demo has not passed the gate \(verdict: failed; "
-        r"failed rules: not_worse.mae",
+        r"failed rules: min_improvement.mae",
     ):
         registry.promote(p, version=2)
     with pytest.raises(RegistryError, match=r"a forced promotion of dev.demo needs a reason"):

@@ -59,7 +59,7 @@ def test_train_records_everything_and_passes_the_gate_without_champion(tmp_path:
     assert tags["loopline.trained_until"].startswith("2024-01-17T15:00:00")  # the newest row's event time
     evaluated = c.get_run(tags["loopline.evaluation_run_id"])
     assert evaluated.data.tags["loopline.refit_run_id"] == r.run_id
-    assert evaluated.data.tags["loopline.trained_rows"] == "240"
+    assert evaluated.data.tags["loopline.trained_rows"] == "320"  # training + validation rows
     assert evaluated.data.metrics["test_mae"] == pytest.approx(metrics["test_mae"])
 
     (ds_input,) = run.inputs.dataset_inputs

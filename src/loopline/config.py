@@ -362,6 +362,35 @@ class RetrainingConfig(_Model):
     use_feedback_labels: bool = Field(False, description="Use feedback labels as training targets.")
 
 
+_EVERY = re.compile(r"^\s*(\d+)\s*(mo|w|d|h)\s*$")
+
+
+def _check_every(value: str | None) -> str | None:
+    if value is not None and not _EVERY.match(value):
+        raise ValueError("a window length like 1mo, 2w, 7d or 12h")
+    return value
+
+
+class ReplayConfig(_Model):
+    source: str | None = Field(None, description="Labelled history replayed window by window (default: the first).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the source's query.")
+    every: Annotated[str | None, AfterValidator(_check_every)] = Field(
+        None, description="Window length by model.time_column: `1mo`, `2w`, `7d`, `12h` (or use `rows`)."
+    )
+    rows: int | None = Field(None, ge=1, description="Window length in rows (source order) instead of `every`.")
+    initial: int = Field(1, ge=1, description="Windows the first model is trained on before the replay starts.")
+    metric: str | None = Field(None, description="Metric compared per window (default: the first training metric).")
+    serve: bool = Field(
+        False, description="Send a sample of each window through a real HTTP server (and labels through /feedback)."
+    )
+    sample: int = Field(24, ge=0, description="Rows per window sent through HTTP when `serve` is on.")
+    policies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named config overrides replayed side by side (`loopline replay --policy NAME`), e.g. "
+        "`{refit_off: {training: {refit: false}}}`.",
+    )
+
+
 JobName = Literal["ingest", "train", "batch", "monitor", "loop", "retention"]
 
 
@@ -396,6 +425,7 @@ class LooplineConfig(_Model):
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Online serving.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig, description="Drift and performance.")
     retraining: RetrainingConfig = Field(default_factory=RetrainingConfig, description="Automatic retraining.")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="`loopline replay`: the loop on history.")
     schedules: dict[JobName, CronExpr] = Field(default_factory=dict, description="Cron expression per job.")
     retention: dict[str, Duration] = Field(default_factory=dict, description="How long rows are kept, per table.")
     environments: dict[str, EnvironmentConfig] = Field(
@@ -580,6 +610,10 @@ def cross_check(cfg: LooplineConfig) -> list[str]:
     used += [(f"gate.min_improvement.{m}", m) for m in cfg.gate.min_improvement]
     if cfg.monitoring.performance.metric:
         used.append(("monitoring.performance.metric", cfg.monitoring.performance.metric))
+    if cfg.replay.metric:
+        used.append(("replay.metric", cfg.replay.metric))
+    if cfg.replay.source is not None and cfg.replay.source not in cfg.sources:
+        problems.append(f"replay.source: {cfg.replay.source!r} is not defined under `sources`")
     known = metrics.known(task)
     for key, name in used:
         if name not in known:

@@ -213,7 +213,7 @@ def _improvement_rules(
 ) -> tuple[list[str], list[str]]:
     """``not_worse.<first metric>`` (``gate.not_worse``) and ``min_improvement.<m>``, on the same rows."""
     rules: list[tuple[str, str, float, float]] = []  # (rule, metric, absolute, relative)
-    if project.config.gate.not_worse and names:
+    if project.config.gate.not_worse and names and names[0] not in project.config.gate.min_improvement:
         rules.append((f"not_worse.{names[0]}", names[0], 0.0, 0.0))
     for m, imp in project.config.gate.min_improvement.items():
         rules.append((f"min_improvement.{m}", m, imp.absolute or 0.0, imp.relative or 0.0))

@@ -193,6 +193,8 @@ def loop(
             result.triggers = [t for t in fired if t in cfg.triggers]
             if scheduled and "schedule" in cfg.triggers:
                 result.triggers.append("schedule")
+            if "always" in cfg.triggers:
+                result.triggers.append("always")
         if not result.triggers:
             log.add("retrain", "skipped", ["no enabled trigger fired"], enabled=cfg.triggers)
             result.action = "no action"
@@ -203,6 +205,16 @@ def loop(
             result.action, result.exit_code = "blocked: needs review", EXIT_NEEDS_REVIEW
             return result
         _refresh_data(project, store, log, params)
+        if champion is not None and cfg.min_new_labels > 0:
+            fresh = new_labels(project, store)
+            if fresh is not None and fresh < cfg.min_new_labels:
+                why = (
+                    f"{fresh} labelled row(s) arrived since champion v{champion.version} was trained "
+                    f"(retraining.min_new_labels: {cfg.min_new_labels})"
+                )
+                log.add("retrain", "skipped", [why], new_labels=fresh)
+                result.action = "no action: too few new labels"
+                return result
         tr = train(project)
         result.candidate_version = tr.version
         log.add(
@@ -235,7 +247,11 @@ def loop(
             return result
         failures = consecutive_gate_failures(store, since=status.review_cleared_at(project)) + 1
         if failures >= cfg.max_gate_failures:
-            reason = f"{failures} candidates in a row failed the gate (last: v{tr.version})"
+            reason = (
+                f"{failures} candidates in a row failed the gate (last: v{tr.version}: "
+                f"{_scores(gate.candidate_metrics, gate.champion_metrics, gate.champion_version)}; "
+                f"{'; '.join(gate.failed_rules[:3])})"
+            )
             status.set_needs_review(project, reason)
             log.add("review", "needs_review", [reason], version=tr.version)
             result.action, result.exit_code = "refused; needs review", EXIT_NEEDS_REVIEW
@@ -253,6 +269,43 @@ def loop(
     finally:
         result.decisions = list(log.rows)
         log.flush()
+
+
+def _scores(cand: dict[str, float], champ: dict[str, float], champ_version: str | None) -> str:
+    """``mae 41.2 vs champion v3 44.0, rmse ...`` for the review reason."""
+    parts = []
+    for m, v in list(cand.items())[:3]:
+        b = champ.get(m)
+        vs = f" vs champion v{champ_version} {b:.4g}" if b is not None else ""
+        parts.append(f"{m} {v:.4g}{vs}")
+    return ", ".join(parts) or "no metrics"
+
+
+def new_labels(project: Project, store: DeltaStore) -> int | None:
+    """Labelled feature rows the champion has not trained on: after its training cutoff (event time), else
+    beyond the number of rows it trained on; None when neither is known."""
+    import pyarrow.compute as pc
+
+    from loopline import tracking
+
+    mv = tracking.alias_version(project, tracking.CHAMPION)
+    if mv is None or not mv.run_id or not store.exists("features"):
+        return None
+    tags = tracking.client(project).get_run(mv.run_id).data.tags
+    target, col = project.config.model.target, project.config.model.time_column
+    until, trained = tags.get("loopline.trained_until"), tags.get("loopline.trained_rows")
+    names = store.schema("features").names
+    if target not in names:
+        return None
+    if until and col and col in names:
+        t = store.read("features", columns=[target, col])
+        cutoff = pa.scalar(datetime.fromisoformat(until)).cast(t.schema.field(col).type)
+        mask = pc.and_(pc.is_valid(t[target]), pc.greater(t[col], cutoff))
+        return int(pc.sum(mask.cast(pa.int64())).as_py() or 0)
+    if trained:
+        labelled = pc.sum(pc.is_valid(store.read("features", columns=[target])[target]).cast(pa.int64())).as_py()
+        return max(0, int(labelled or 0) - int(trained))
+    return None
 
 
 def _refresh_data(project: Project, store: DeltaStore, log: Decisions, params: dict[str, Any] | None) -> None:

@@ -167,11 +167,11 @@ class _Trainer:
             model = estimators.with_threshold(model, spec, X, y)
         return model, spec
 
-    def refit(self, p: Prepared, params: dict[str, Any], spec: LabelSpec, notes: list[str]) -> Any:
-        """The model that is registered: the same parameters fit on every labelled row (``training.refit``),
-        with the evaluated candidate's decision threshold; calibration learned on cross-validated predictions."""
+    def refit(self, p: Prepared, params: dict[str, Any], spec: LabelSpec, notes: list[str], rows: pd.DataFrame) -> Any:
+        """The same parameters fit on ``rows`` (training + validation rows for the evaluated candidate; every
+        labelled row for the registered model), with the decision threshold chosen on the validation rows and
+        calibration learned on cross-validated predictions."""
         cfg = self.project.config
-        rows = p.all_rows()
         X, y = rows[p.input_columns], rows[p.target]
         calibrate = cfg.training.calibrate if spec.is_classifier else None
         if calibrate and self.cls is not None:
@@ -401,6 +401,7 @@ def publish(
     params: dict[str, Any],
     spec: LabelSpec,
     *,
+    tuned: Any = None,
     evaluated: Any = None,
     names: list[str] | None = None,
     started: float | None = None,
@@ -408,17 +409,19 @@ def publish(
 ) -> tuple[str, str, dict[str, float], GateResult, list[str]]:
     """Inside the active MLflow run: metrics, tags, dataset, model, registered version, gate.
 
-    ``model`` is what is registered; ``evaluated`` (default: ``model``) is the candidate that trained
-    without the validation and test rows: its ``valid_*`` / ``test_*`` metrics are the gate's evidence
-    (the registered refit has seen those rows). Returns (model_uri, version, metrics, gate result, notes).
-    """
+    ``model`` is what is registered. ``tuned`` (fit on the training rows) gives the ``valid_*`` metrics;
+    ``evaluated`` (fit on training + validation rows) gives the ``test_*`` metrics, the gate's evidence: the
+    registered refit has seen the test rows. Both default to ``model``. Returns (model_uri, version,
+    metrics, gate result, notes)."""
     import math
     import warnings
 
     import mlflow
+    import pandas as pd
 
     refit = evaluated is not None and evaluated is not model
     evaluated = model if evaluated is None else evaluated
+    tuned = evaluated if tuned is None else tuned
     duration = time.perf_counter() - started if started is not None else 0.0  # read + search + fit
     names = names or metric_names(project, spec)
     notes = list(notes or [])
@@ -428,10 +431,10 @@ def publish(
         notes.append(f"{p.n_outside_window} labelled row(s) older than the training window were left out")
     metrics: dict[str, float] = {}
     try:
-        metrics |= {f"valid_{m}": v for m, v in _evaluate(evaluated, p.valid, p, names, spec).items()}
+        metrics |= {f"valid_{m}": v for m, v in _evaluate(tuned, p.valid, p, names, spec).items()}
     except Exception as exc:
         notes.append(f"valid metrics not computed: the model raised {type(exc).__name__}: {exc}")
-    fitted_on = p.all_rows() if refit else p.train
+    fitted_on = p.all_rows() if refit else pd.concat([p.train, p.valid], ignore_index=True)
     mlflow.set_tags(_run_tags(project, p, spec, refit, fitted_on))
     if params:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in params.items()})
@@ -450,7 +453,7 @@ def publish(
     if result.candidate_metrics:  # the evaluated candidate on the held-out test rows: the test metrics
         metrics |= {f"test_{m}": v for m, v in result.candidate_metrics.items()}
     if refit:
-        _log_evaluation(params, metrics, fitted_rows=len(p.train))
+        _log_evaluation(params, metrics, fitted_rows=len(p.train) + len(p.valid))
     if notes:
         mlflow.set_tag("loopline.train_notes", json.dumps(notes)[:5000])
     mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)} | {"training_duration_s": duration})
@@ -525,6 +528,7 @@ def train(
     champion's training cutoff when it is known); with ``training.refit`` the registered model is the
     same parameters fit on every labelled row."""
     import mlflow
+    import pandas as pd
 
     from loopline import tracking
 
@@ -547,11 +551,16 @@ def train(
         if tc.search is not None:
             params, trials = _search(project, trainer, p, params, names)
             mlflow.set_tag("loopline.search_trials", str(trials))
-        evaluated, spec = trainer.finish(trainer.fit(p, params), p, notes)
-        model = trainer.refit(p, params, spec, notes) if tc.refit else evaluated
+        # tuned on the training rows (threshold, calibration and valid_* metrics on the validation rows) ...
+        tuned, spec = trainer.finish(trainer.fit(p, params), p, notes)
+        # ... judged after a fit on training + validation rows (the newest rows it can see) on the test rows ...
+        evaluated = trainer.refit(p, params, spec, notes, pd.concat([p.train, p.valid], ignore_index=True))
+        # ... and registered as a fit on every labelled row
+        model = trainer.refit(p, params, spec, notes, p.all_rows()) if tc.refit else evaluated
         uri, version, metrics, result, notes = publish(
-            project, model, p, params, spec, evaluated=evaluated, names=names, started=started, notes=notes
-        )
+            project, model, p, params, spec, tuned=tuned, evaluated=evaluated, names=names, started=started,
+            notes=notes,
+        )  # fmt: skip
         run_id = run.info.run_id
     return TrainResult(
         run_id=run_id,
