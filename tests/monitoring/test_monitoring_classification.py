@@ -218,6 +218,16 @@ def test_monitoring_gives_the_gates_metrics_on_the_gates_test_rows(trained: Trai
     kinds = {r["kind"]: r["verdict"] for r in table if r["kind"] == "prediction_drift"}
     assert kinds == {"prediction_drift": "ok"}
 
+    # `loopline status` reads the same per-class view back from the monitoring table
+    from loopline.status import latest_monitoring
+
+    m = latest_monitoring(store)
+    assert m is not None
+    texts = [str(c).lower() if isinstance(c, bool) else str(c) for c in t.spec.classes]
+    assert m.per_class["classes"] == texts and m.per_class["support"] == t.per_class["support"]
+    assert m.per_class["recall"] == pytest.approx(t.per_class["recall"])
+    assert m.per_class["confusion_matrix"] == t.per_class["confusion_matrix"]
+
     # the reports: the per-class chart and both confusion matrices, offline
     assert res.report_html is not None and res.report_json is not None
     html = res.report_html.read_text()
