@@ -225,12 +225,19 @@ def review_list(
         console.print(f"nothing to review in env {p.env!r}{done}.")
         return
     table = Table(title=f"flagged for review · env {p.env} · newest first", title_justify="left")
-    for col in ("source", "request id / key", "prediction", "reason", "model", "when (UTC)"):
+    for col in ("source", "request id / key", "prediction", "confidence", "reason", "model", "when (UTC)"):
         table.add_column(col)
     for f in result.items:
         pred = f"{f.prediction:.4g}" if isinstance(f.prediction, float) else str(f.prediction)
+        conf = f"{f.confidence:.3g}" if f.confidence is not None else ""
         table.add_row(
-            f.source, Text(f.ref), pred, Text(f.reason), f"v{f.model_version}" if f.model_version else "", _ts(f.at)
+            f.source,
+            Text(f.ref),
+            Text(pred),
+            conf,
+            Text(f.reason),
+            f"v{f.model_version}" if f.model_version else "",
+            _ts(f.at),
         )
     console.print(table)
     console.print(
@@ -241,7 +248,12 @@ def review_list(
 
 @review_app.command("label")
 def review_label(
-    label: Annotated[str, typer.Option("--label", "-l", help="The correct label (a number for regression).")],
+    label: Annotated[
+        str,
+        typer.Option(
+            "--label", "-l", help="The correct label: a number for regression, one of the champion's classes else."
+        ),
+    ],
     request_id: Annotated[
         str | None, typer.Option("--request-id", "-r", help="Request id from the inference log.", show_default=False)
     ] = None,
@@ -256,7 +268,8 @@ def review_label(
     env: EnvOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Record an expert's label for one prediction as feedback (`_source` = review)."""
+    """Record an expert's label for one prediction as feedback (`_source` = review), typed with the champion's
+    label contract (an int, bool or text class); a value that is not one of its classes is refused."""
     from loopline.review import label as record
 
     p = load(project, env)
