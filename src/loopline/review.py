@@ -224,7 +224,7 @@ def _binary(project: Project, spec: LabelSpec | None, dataset: ds.Dataset) -> bo
     if "prediction" in names:
         import pyarrow.compute as pc
 
-        distinct = pc.unique(dataset.to_table(columns=["prediction"]).column(0).drop_null())
+        distinct = pc.unique(dataset.head(100_000, columns=["prediction"]).column(0).drop_null())
         return len(distinct) <= 2
     return True
 

@@ -308,10 +308,13 @@ def test_shifted_predictions_are_prediction_drift(trained: Trained) -> None:
     mask = np.asarray([v == one for v in pred.to_pylist()])
     frame = t.features[mask]
     store.append("predictions", predictions_table(t, frame, "b1", NOW - timedelta(hours=2)))
-    res = run(t, write=False)
+    res = run(t)
     rows = {f.feature: f for f in res.prediction_drifts}
     assert rows["prediction"].verdict == "breach" and "prediction_drift" in res.breaches
     assert res.prediction_drift is not None and res.prediction_drift.verdict == "breach"
+    from loopline.monitoring.monitor import latest_verdicts
+
+    assert latest_verdicts(t.project)["kinds"]["prediction_drift"] == "breach"  # the worse of the two rows
 
 
 def test_probabilities_without_every_class_skip_the_metric_not_the_check(trained: Trained) -> None:
@@ -325,7 +328,7 @@ def test_probabilities_without_every_class_skip_the_metric_not_the_check(trained
     store.append("feedback", feedback_by_key(t.test["id"], labels, NOW - timedelta(hours=1)))
     res = run(t, write=False)
     perf = res.performance
-    assert perf is not None and perf.verdict == "ok"
+    assert perf is not None and perf.verdict == "ok", perf.message
     if t.kind != "multiclass":  # P(positive) from the probability column completes the matrix
         got = {c.metric: c.value for c in perf.checks if c.slice is None}
         assert got["roc_auc"] == pytest.approx(t.metrics["test_roc_auc"], rel=1e-12) and perf.notes == []

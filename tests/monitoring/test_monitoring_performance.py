@@ -303,3 +303,49 @@ def test_classifier_range_is_the_probability_column(tmp_path: Path) -> None:
     assert got is not None and got.column == "probability"
     assert (got.n, got.n_out) == (5 + 3, 2 + 1)  # log: 0.01 and 0.99 out, the null not counted; batch: its flags
     assert got.message == "3 of 8 probabilities out of range (37.50%, limit 1.00%)"
+
+
+def test_latest_verdicts_takes_the_worse_prediction_drift_row(tmp_path: Path) -> None:
+    from loopline.monitoring.monitor import MONITORING_SCHEMA, latest_verdicts
+
+    proj, store = project(tmp_path)
+    base = {
+        "checked_at": NOW,
+        "window_start": NOW - timedelta(days=7),
+        "window_end": NOW,
+        "model_version": "3",
+        "slice": None,
+        "threshold": 0.1,
+        "n_reference": 10,
+        "n_current": 10,
+    }
+    rows = [
+        {**base, "kind": "prediction_drift", "feature": "prediction", "statistic": "jensenshannon", "value": 0.3},
+        {**base, "kind": "prediction_drift", "feature": "probability", "statistic": "wasserstein", "value": 0.01},
+        {**base, "kind": "performance", "feature": "accuracy", "statistic": "accuracy", "value": 0.9},
+        {
+            **base,
+            "kind": "performance",
+            "feature": "per_class",
+            "statistic": "recall",
+            "value": 0.1,
+            "slice": "class=b",
+        },
+    ]
+    verdicts = ["breach", "ok", "ok", "breach"]
+    table = pa.Table.from_pylist([{**r, "verdict": v} for r, v in zip(rows, verdicts, strict=True)])
+    store.append("monitoring", table.select(MONITORING_SCHEMA.names).cast(MONITORING_SCHEMA))
+    got = latest_verdicts(proj)
+    # the per-class row is information: the watched metric (accuracy) decides performance
+    assert got["kinds"] == {"prediction_drift": "breach", "performance": "ok"} and got["verdict"] == "breach"
+
+
+def test_a_champion_without_classes_takes_them_from_the_rows(tmp_path: Path) -> None:
+    """A hook model with no ``classes_``: its label type is kept, the classes are those of the labelled rows."""
+    from loopline.labels import LabelSpec
+
+    proj, store = project(tmp_path, metric="f1")
+    typed_batch(store, pa.array(["0", "1", "1", "0"]), pa.array([0, 1, 0, 0], pa.int64()))
+    perf = evaluate_performance(proj, store, NOW - timedelta(days=1), NOW, {}, LabelSpec("classification", "int"))
+    assert perf.per_class["classes"] == [0, 1] and perf.watched is not None
+    assert perf.watched.value == pytest.approx(2 / 3)  # positive class 1: precision 1/2, recall 1

@@ -451,9 +451,10 @@ def _queries(
     return out
 
 
-def _fallback_spec(project: Project, parts: list[pa.Table]) -> LabelSpec:
-    """Without a champion's contract: the config's task, the label type of the stored predictions and the
-    classes seen in the labelled rows (sorted)."""
+def _fallback_spec(project: Project, parts: list[pa.Table], known: LabelSpec | None = None) -> LabelSpec:
+    """Without a champion's contract (or one without classes, e.g. a hook model with no ``classes_``): the
+    config's task, the label type of the model (else of the stored predictions) and the classes seen in the
+    labelled rows (sorted)."""
     from loopline.labels import from_config
 
     base = from_config(project.config.model)
@@ -461,6 +462,8 @@ def _fallback_spec(project: Project, parts: list[pa.Table]) -> LabelSpec:
         return base
     typed = [t for t in (p.column("prediction").type for p in parts if p.num_rows) if not pa.types.is_null(t)]
     kind = kind_of_arrow(typed[0], "classification") if typed else base.kind
+    if known is not None and known.is_classifier:
+        kind = known.kind
     classless = LabelSpec("classification", kind)
     seen: set[Any] = set()
     for p in parts:
@@ -501,8 +504,8 @@ def labelled_rows(
             raise MonitoringError(f"joining predictions with feedback labels failed: {exc}") from exc
         finally:
             con.close()
-    if spec is None:
-        spec = _fallback_spec(project, [t for _, t in parts])
+    if spec is None or (spec.is_classifier and not spec.classes):
+        spec = _fallback_spec(project, [t for _, t in parts], spec)
     regression = not spec.is_classifier
     notes: list[str] = []
     ys: list[np.ndarray] = []
