@@ -298,8 +298,8 @@ def _finite(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Table:
     col = batch.column(batch.schema.names.index(name))
     try:
         col = pc.cast(col, pa.float64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        col = pc.cast(col, pa.float64(), safe=False) if pa.types.is_floating(col.type) else pa.nulls(len(col))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # not numbers: no probabilities given
+        col = pa.nulls(len(col), pa.float64())
     keep = pc.and_(pc.is_valid(col), pc.invert(pc.is_nan(col)))
     return pa.table({name: pc.filter(col, keep)})
 
