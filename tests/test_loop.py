@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -183,3 +184,78 @@ def test_feedback_labels_fill_the_target(tmp_path: Path) -> None:
     assert apply_feedback_labels(p, store) == 2
     y = dict(zip(*store.read("features", columns=["id", "y"]).to_pydict().values(), strict=True))
     assert y[1] == 10.0 and y[3] == 33.0, "the latest label per key wins"
+
+
+CLASSIFIER = """\
+project: looptest
+model: {name: m, task: classification, target: label, keys: [id]}
+environments: {dev: {}}
+"""
+
+
+def labelled_features(label: pa.Array) -> pa.Table:
+    n = len(label)
+    return pa.table({"id": pa.array(range(n), pa.int64()), "x": pa.array([0.5] * n), "label": label})
+
+
+def feedback_rows(ids: list[Any], labels: pa.Array) -> pa.Table:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    return pa.table(
+        {
+            "id": pa.array(ids),
+            "label": labels,
+            "received_at": pa.array([t0 + timedelta(minutes=i) for i in range(len(ids))], pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "labels", "want", "refused"),
+    [
+        # typed labels (the feedback contract): int, bool and text targets
+        (pa.array([0, 0, 0], pa.int64()), pa.array([1, 0], pa.int64()), [1, 0, 0], None),
+        (pa.array([False, False, False]), pa.array([True, False]), [True, False, False], None),
+        (pa.array(["no", "no", "no"]), pa.array(["yes", "no"]), ["yes", "no", "no"], None),
+        # an older text feedback table: parsed like the label contract ("1" is 1, "true" is True)
+        (pa.array([0, 0, 0], pa.int64()), pa.array(["1", "maybe"]), [1, 0, 0], "'maybe' (type int64)"),
+        (pa.array([False, False, False]), pa.array(["true", "2"]), [True, False, False], "'2' (type bool)"),
+        # a typed int label into a text target
+        (pa.array(["0", "0", "0"]), pa.array([1, 0], pa.int64()), ["1", "0", "0"], None),
+    ],
+    ids=["int", "bool", "str", "int-from-text", "bool-from-text", "str-from-int"],
+)
+def test_feedback_labels_are_cast_to_the_targets_type(
+    tmp_path: Path, target: pa.Array, labels: pa.Array, want: list[Any], refused: str | None
+) -> None:
+    from loopline.loop import apply_feedback_labels
+
+    (tmp_path / "loopline.yaml").write_text(CLASSIFIER)
+    p = load_project(tmp_path, "dev")
+    store = DeltaStore(p.storage_root)
+    store.append("features", labelled_features(target))
+    store.append("feedback", feedback_rows([0, 1], labels))
+    report: list[str] = []
+    n = apply_feedback_labels(p, store, report)
+    got = dict(zip(*store.read("features", columns=["id", "label"]).to_pydict().values(), strict=True))
+    assert [got[i] for i in range(3)] == want
+    assert store.schema("features").field("label").type == target.type
+    if refused is None:
+        assert n == 2 and report == []
+    else:
+        assert n == 1
+        assert report == [f"1 feedback label(s) could not be cast to the features table's types: label {refused} (1)"]
+
+
+def test_feedback_keys_sent_as_text_still_match(tmp_path: Path) -> None:
+    from loopline.loop import apply_feedback_labels
+
+    (tmp_path / "loopline.yaml").write_text(CLASSIFIER)
+    p = load_project(tmp_path, "dev")
+    store = DeltaStore(p.storage_root)
+    store.append("features", labelled_features(pa.array([0, 0, 0], pa.int64())))
+    store.append("feedback", feedback_rows(["2", "x"], pa.array([1, 1], pa.int64())))
+    report: list[str] = []
+    assert apply_feedback_labels(p, store, report) == 1
+    got = dict(zip(*store.read("features", columns=["id", "label"]).to_pydict().values(), strict=True))
+    assert got == {0: 0, 1: 0, 2: 1}
+    assert report == ["1 feedback label(s) could not be cast to the features table's types: key 'x' (type int64) (1)"]
