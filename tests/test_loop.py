@@ -23,6 +23,7 @@ training:
   split: {method: time, valid: 0.2, test: 0.2}
 gate:
   thresholds: {mae: {max: MAE_MAX}}
+  min_improvement: {mae: {relative: GAIN}}
   prediction_range: [-1000, 1000]
 batch:
   query: "select * from features where _batch_id = 'BATCH'"
@@ -51,8 +52,10 @@ def features(batch: str, start: int, n: int, shift: float, seed: int) -> pa.Tabl
     )
 
 
-def make_project(root: Path, mae_max: float, batch: str) -> Project:
-    (root / "loopline.yaml").write_text(CONFIG.replace("MAE_MAX", str(mae_max)).replace("BATCH", batch))
+def make_project(root: Path, mae_max: float, batch: str, gain: float = 0.0) -> Project:
+    """``gain``: the relative improvement over the champion a candidate must show (0.99: none can)."""
+    text = CONFIG.replace("MAE_MAX", str(mae_max)).replace("BATCH", batch).replace("GAIN", str(gain))
+    (root / "loopline.yaml").write_text(text)
     return load_project(root, "dev")
 
 
@@ -133,7 +136,7 @@ def test_refusals_lead_to_human_review(project: Project) -> None:
 
     t0 = datetime.now(UTC) - timedelta(seconds=1)
     p = drifted_batch(project, "b2", 600, 2)
-    strict = make_project(p.root, 0.0001, "b2")  # no candidate can pass this gate
+    strict = make_project(p.root, 5.0, "b2", gain=0.99)  # no candidate can be 99% better than the champion
     first = loop(strict, since=t0)
     assert first.exit_code == EXIT_REFUSED and "refused" in first.action
     second = loop(strict, since=t0)
@@ -153,7 +156,7 @@ def test_loop_cli_exit_codes(project: Project, cli) -> None:  # type: ignore[no-
     t0 = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     p = drifted_batch(project, "b2", 600, 2)
     (p.root / "loopline.yaml").write_text(
-        (p.root / "loopline.yaml").read_text().replace("mae: {max: 5.0}", "mae: {max: 0.0001}")
+        (p.root / "loopline.yaml").read_text().replace("mae: {relative: 0.0}", "mae: {relative: 0.99}")
     )
     r = cli("loop", "--since", t0, cwd=p.root)
     assert r.returncode == 4, r.stderr
@@ -259,3 +262,26 @@ def test_feedback_keys_sent_as_text_still_match(tmp_path: Path) -> None:
     got = dict(zip(*store.read("features", columns=["id", "label"]).to_pydict().values(), strict=True))
     assert got == {0: 0, 1: 0, 2: 1}
     assert report == ["1 feedback label(s) could not be cast to the features table's types: key 'x' (type int64) (1)"]
+
+
+def test_always_trigger_retrains_only_with_new_labels(project: Project) -> None:
+    """`always` retrains every turn, but not without labelled rows the champion has not trained on."""
+    from loopline.loop import loop
+
+    text = (project.root / "loopline.yaml").read_text()
+    text = text.replace("triggers: [drift, performance]", "triggers: [always], min_new_labels: 50")
+    (project.root / "loopline.yaml").write_text(text)
+    p = load_project(project.root, "dev")
+    t0 = datetime.now(UTC) - timedelta(seconds=1)
+    idle = loop(p, since=t0)
+    assert idle.triggers == ["always"] and idle.action == "no action: too few new labels"
+    store = DeltaStore(p.storage_root)
+    skipped = next(
+        r for r in store.read("decisions").to_pylist() if r["loop_id"] == idle.loop_id and r["step"] == "retrain"
+    )
+    assert json.loads(skipped["reasons"]) == [
+        "0 labelled row(s) arrived since champion v1 was trained (retraining.min_new_labels: 50)"
+    ]
+    store.append("features", features("b1", 600, 120, 0.0, 5))  # 120 newer labelled rows
+    turn = loop(p, since=t0)
+    assert turn.candidate_version == "2", turn.action
