@@ -27,7 +27,7 @@ gate:
   prediction_range: [-1000, 1000]
 batch:
   query: "select * from features where _batch_id = 'BATCH'"
-monitoring: {source: batch, drift_share: 0.5}
+monitoring: {source: batch, drift_share: 0.5, time: wall}  # windows: when rows were scored
 retraining: {triggers: [drift, performance], max_gate_failures: 2}
 environments: {dev: {}}
 """

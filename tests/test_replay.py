@@ -98,7 +98,7 @@ def test_regression_replay_recovers_after_a_concept_flip(tmp_path: Path) -> None
     assert {r["replay_id"] for r in rows} == {result.replay_id}
     page = result.report.read_text()  # type: ignore[union-attr]
     for name in ("loop (champion of the moment)", "never retrained", "oracle (refit every window)"):
-        assert page.count(name) == 2  # one legend per policy chart
+        assert page.count(f">{name}</text>") == 2  # one legend entry per policy chart
     assert page.count("<polyline") == 6
 
 

@@ -139,6 +139,14 @@ def model_inputs(project: Project, rt: ModelRuntime, available: list[str]) -> Mo
     return ModelInputs(project.config.model.input_columns(available))
 
 
+def carried(project: Project, schema: pa.Schema) -> list[str]:
+    """Columns copied into ``predictions`` beside the output: ``model.keys``, then ``model.time_column``
+    when the input has it (monitoring windows on event time use it)."""
+    keys = list(project.config.model.keys)
+    tc = project.config.model.time_column
+    return keys + ([tc] if tc and tc not in keys and tc in schema.names else [])
+
+
 def check_schema(schema: pa.Schema, inputs: ModelInputs, keys: list[str], where: str) -> list[str]:
     """Raise BatchError for a missing key/input column or a type the signature cannot take.
 
@@ -573,7 +581,8 @@ def score(
 
     def columns(schema: pa.Schema, where: str) -> list[str]:
         state["inputs"] = model_inputs(project, champion.runtime, schema.names)
-        return check_schema(schema, state["inputs"], cfg.model.keys, where)
+        wanted = check_schema(schema, state["inputs"], cfg.model.keys, where)
+        return list(dict.fromkeys([*carried(project, schema), *wanted]))
 
     stream = open_input(project, store, columns, input_batch)
     inputs = state["inputs"]
@@ -581,7 +590,7 @@ def score(
     bid = batch_id or default or default_batch_id(project, store, stream.version)
     if not bid.strip():
         raise BatchError("--batch-id must not be empty")
-    key_fields = [stream.reader.schema.field(k) for k in cfg.model.keys]
+    key_fields = [stream.reader.schema.field(k) for k in carried(project, stream.reader.schema)]
     builder = RowBuilder(project, champion, bid, key_fields, cfg.batch.batch_size)
     predict = Predictor(champion, inputs, stream.name, fast=fast)
     source = peek(rechunk(batches(stream.reader), cfg.batch.batch_size), stream.name)

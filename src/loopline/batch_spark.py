@@ -36,6 +36,7 @@ from loopline.batch import (
     ProgressFn,
     RowBuilder,
     build_rows,
+    carried,
     check_schema,
     default_batch_id,
     load_champion,
@@ -108,7 +109,9 @@ def _input_frame(
         except LooplineError as exc:
             raise BatchError(f"{where} failed: {exc.message}", hint=exc.hint) from None
         inputs = model_inputs(project, champion.runtime, table.schema.names)
-        wanted = check_schema(table.schema, inputs, keys, where)
+        wanted = list(
+            dict.fromkeys([*carried(project, table.schema), *check_schema(table.schema, inputs, keys, where)])
+        )
         table = table.select(wanted)
         if table.num_rows == 0:
             raise BatchError(f"{where} has no rows to score", hint="nothing was written; check the query")
@@ -123,7 +126,7 @@ def _input_frame(
     where = f"table {b.input!r} (version {version})"
     schema = pa.schema(dt.schema().to_arrow())  # type: ignore[arg-type]
     inputs = model_inputs(project, champion.runtime, schema.names)
-    wanted = check_schema(schema, inputs, keys, where)
+    wanted = list(dict.fromkeys([*carried(project, schema), *check_schema(schema, inputs, keys, where)]))
     row_filter = None
     if input_batch is not None:
         if "_batch_id" not in schema.names:
@@ -220,7 +223,7 @@ def score_spark(
         if sig in _SPARK_TYPES and c in frame.columns:
             frame = frame.withColumn(c, F.col(c).cast(_SPARK_TYPES[sig]))
     spec = champion.spec
-    keys = cfg.model.keys
+    keys = carried(project, schema)
     present = [c for c in inputs.columns if c in frame.columns]
     out_schema = frame.select(*keys).schema.simpleString()[len("struct<") : -1]
     label_type = {"float": "double", "int": "bigint", "bool": "boolean", "str": "string"}[spec.kind]

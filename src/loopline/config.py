@@ -344,6 +344,11 @@ class MonitoringConfig(_Model):
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig, description="Performance check.")
     slices: list[str] = Field(default_factory=list, description="Columns to slice performance by.")
     max_range_violation_rate: float = Field(0.01, ge=0, le=1, description="Largest share out of prediction_range.")
+    time: Literal["auto", "event", "wall"] = Field(
+        "auto",
+        description="Windows on event time (model.time_column: rows count in the window their own time says) or "
+        "on wall-clock time (when they were scored or logged); auto = event time when model.time_column is set.",
+    )
 
 
 class RetrainingConfig(_Model):
@@ -597,6 +602,8 @@ def cross_check(cfg: LooplineConfig) -> list[str]:
     }
     if cfg.model.time_column is None:
         problems += [f"{k} needs model.time_column (got {v})" for k, v in needs_time.items() if v is not None]
+    if cfg.monitoring.time == "event" and cfg.model.time_column is None:
+        problems.append("monitoring.time is event, but model.time_column is not set")
     if cfg.model.threshold is not None and cfg.gate.threshold is not None:
         problems.append("model.threshold and gate.threshold both set the decision threshold; keep one")
     rng = cfg.gate.prediction_range

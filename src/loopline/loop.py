@@ -214,6 +214,7 @@ def loop(
     until: datetime | None = None,
     scheduled: bool = False,
     params: dict[str, Any] | None = None,
+    time: str | None = None,
 ) -> LoopResult:
     """One turn of the loop; see the module docstring. ``scheduled`` = the schedule says retrain."""
     from loopline import registry, status, tracking
@@ -234,7 +235,7 @@ def loop(
             result.triggers = ["bootstrap"]
         else:
             try:
-                mres = monitor(project, window=window, since=since, until=until)
+                mres = monitor(project, window=window, since=since, until=until, time=time)
             except MonitoringError as exc:
                 log.add("monitor", "failed", [exc.message])
                 raise

@@ -408,7 +408,11 @@ class PolicyRun:
             self._deliver_labels(bid, labelled, url, never.spec)
         if url is not None:
             time.sleep(self.project.config.serving.log.flush_interval.total_seconds() + 0.5)
-        turn: LoopResult = run_job(self.project, "loop", since=t0).result  # type: ignore[assignment]
+        if w.start is not None and self.project.config.model.time_column:  # the window itself, on event time
+            bounds: dict[str, Any] = {"since": w.start, "until": w.end, "time": "event"}
+        else:  # windows by row count: what was scored since this window began
+            bounds = {"since": t0, "time": "wall"}
+        turn: LoopResult = run_job(self.project, "loop", **bounds).result  # type: ignore[assignment]
         assert self.metric is not None
         loop_value = never_value = None
         if len(labelled):  # a window whose labels never came is recorded without metrics

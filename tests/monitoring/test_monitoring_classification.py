@@ -70,7 +70,11 @@ def _train(root: Path, kind: str) -> Trained:
             # (a refit on every row would be scored on rows it trained on)
             "training": {"estimator": None, "params": {"max_iter": 10}, "refit": False},
             "gate": {"thresholds": None, "min_improvement": None, "prediction_range": [0.0, 1.0]},
-            "monitoring": {"source": "batch", "performance": {"metric": WATCHED[kind], "max_degradation": 0.2}},
+            "monitoring": {
+                "source": "batch",
+                "time": "wall",
+                "performance": {"metric": WATCHED[kind], "max_degradation": 0.2},
+            },
         },
     )
     store = DeltaStore(p.storage_root)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
-from loopline.cli.window import SinceOpt, UntilOpt, WindowOpt, when, window_length
+from loopline.cli.window import SinceOpt, TimeOpt, UntilOpt, WindowOpt, time_basis, when, window_length
 
 if TYPE_CHECKING:
     from loopline.loop import LoopResult
@@ -30,6 +30,7 @@ def _run(
     scheduled: bool,
     params: list[str] | None,
     as_json: bool,
+    time: str | None = None,
 ) -> None:
     from loopline.jobs import run_job
     from loopline.sources import parse_params
@@ -43,6 +44,7 @@ def _run(
         "until": when(until, "--until"),
         "scheduled": scheduled,
         "params": parse_params(params or [], source or "retraining.source"),
+        "time": time_basis(time),
     }
     with console.status("loop: monitoring"):
         record = run_job(project, "loop", **options)
@@ -93,9 +95,10 @@ def loop_command(
     scheduled: ScheduledOpt = False,
     param: ParamOpt = None,
     json_out: JsonOpt = False,
+    time: TimeOpt = None,
 ) -> None:
     """Monitor; on a breach (or --scheduled) retrain, gate and promote. Exit 4: refused, 12: needs review."""
-    _run(project, env, window, since, until, scheduled, param, json_out)
+    _run(project, env, window, since, until, scheduled, param, json_out, time)
 
 
 run_app.command("loop", help="Run the loop once (as a job, like `loopline loop`).")(loop_command)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
-from loopline.cli.window import SinceOpt, UntilOpt, WindowOpt, when, window_length
+from loopline.cli.window import SinceOpt, TimeOpt, UntilOpt, WindowOpt, time_basis, when, window_length
 
 if TYPE_CHECKING:
     from loopline.monitoring.monitor import MonitorResult
@@ -125,6 +125,7 @@ def monitor_cmd(
     window: WindowOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    time: TimeOpt = None,
 ) -> None:
     """Compare a window of production inputs with the champion's training data; check labels and range.
 
@@ -135,7 +136,8 @@ def monitor_cmd(
 
     length = window_length(window)
     proj = load(project, env)
-    _finish(monitor(proj, length, when(since, "--since"), when(until, "--until")))
+    basis = time_basis(time)
+    _finish(monitor(proj, length, when(since, "--since"), when(until, "--until"), time=basis))
 
 
 @run_app.command("monitor")
@@ -145,16 +147,14 @@ def run_monitor(
     window: WindowOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    time: TimeOpt = None,
 ) -> None:
     """Run the monitor job (recorded in the `runs` table); exit 10 on a breach."""
     from loopline.jobs import run_job
 
     proj = load(project, env)
-    options: dict[str, object] = {
-        k: v
-        for k, v in (("window", window), ("since", when(since, "--since")), ("until", when(until, "--until")))
-        if v is not None
-    }
+    given = (("window", window), ("since", when(since, "--since")), ("until", when(until, "--until")))
+    options: dict[str, object] = {k: v for k, v in (*given, ("time", time_basis(time))) if v is not None}
     record = run_job(proj, "monitor", **options)  # type: ignore[arg-type]
     if record.status == "skipped":
         console.print(f"monitor skipped: {record.summary()}", highlight=False)

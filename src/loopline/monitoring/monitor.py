@@ -58,6 +58,16 @@ from loopline.monitoring.performance import (
     evaluate_performance,
     label_text,
 )
+from loopline.monitoring.window import (
+    event_column,
+    event_filter,
+    newest_event,
+    resolve_window,
+    utc,
+    window_filter,
+)
+
+__all__ = ["EXIT_BREACH", "MonitorResult", "latest_verdicts", "monitor", "monitor_job", "resolve_window"]
 
 if TYPE_CHECKING:
     from loopline.config import Project
@@ -153,41 +163,6 @@ class MonitorResult:
             "actions": self.actions,
             "report_html": str(self.report_html) if self.report_html else None,
         }
-
-
-# ----------------------------------------------------------------------------- window
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def resolve_window(
-    default: timedelta,
-    window: timedelta | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    now: datetime | None = None,
-) -> tuple[datetime, datetime]:
-    """``[start, end)`` from a window length or explicit bounds (naive datetimes are UTC)."""
-    if window is not None and since is not None:
-        raise MonitoringError(
-            "give a window length or --since/--until, not both",
-            hint="loopline monitor --window 7d, or --since 2026-01-01 --until 2026-01-08",
-        )
-    if window is not None and window <= timedelta(0):
-        raise MonitoringError(f"the window must be longer than 0 seconds, got {window}")
-    end = _utc(until) if until is not None else _utc(now or datetime.now(UTC))
-    start = _utc(since) if since is not None else end - (window or default)
-    if start >= end:
-        raise MonitoringError(f"the window start {start.isoformat()} is not before its end {end.isoformat()}")
-    return start, end
-
-
-def _window_filter(dataset: ds.Dataset, column: str, start: datetime, end: datetime) -> ds.Expression:
-    typ = dataset.schema.field(column).type
-    lo, hi = (pa.scalar(x, type=_TS) for x in (start, end))
-    if getattr(typ, "tz", None) is None:
-        lo, hi = (pa.scalar(x.replace(tzinfo=None), type=pa.timestamp("us")) for x in (start, end))
-    return (ds.field(column) >= lo) & (ds.field(column) < hi)
 
 
 # ----------------------------------------------------------------------------- champion & reference
@@ -306,21 +281,22 @@ def _finite(batch: pa.RecordBatch | pa.Table, name: str) -> pa.Table:
 
 # ----------------------------------------------------------------------------- current window
 def _current_batches(
-    project: Project, store: DeltaStore, inputs: list[str], start: datetime, end: datetime
+    project: Project, store: DeltaStore, inputs: list[str], start: datetime, end: datetime, event: str | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Inputs (and ``prediction`` / ``probability``) of the window, streamed from the configured sources."""
+    """Inputs (and ``prediction`` / ``probability``) of the window, streamed from the configured sources
+    (``event``: the window is on that event-time column; see :mod:`.window`)."""
     src = project.config.monitoring.source
     if src in ("inference_log", "both") and store.exists("inference_log"):
         dataset = store.dataset("inference_log")
         names = dataset.schema.names
-        flt = _window_filter(dataset, "timestamp", start, end)
+        flt = window_filter(dataset, "timestamp", start, end, event)
         if "status" in names:
             flt = flt & (ds.field("status") < 400)
         cols = [c for c in inputs if c in names] + [c for c in PREDICTION_COLUMNS if c in names]
         yield from dataset.scanner(columns=cols, filter=flt).to_batches()
     if src in ("batch", "both") and store.exists("predictions"):
         preds = store.dataset("predictions")
-        flt = _window_filter(preds, "scored_at", start, end)
+        flt = window_filter(preds, "scored_at", start, end, event)
         has_ids = "_batch_id" in preds.schema.names
         pcols = [c for c in PREDICTION_COLUMNS if c in preds.schema.names]
         ids: set[str] = set()
@@ -333,6 +309,9 @@ def _current_batches(
             if "_batch_id" in feats.schema.names:
                 cols = [c for c in inputs if c in feats.schema.names]
                 flt2 = ds.field("_batch_id").isin(sorted(ids))
+                by_time = event_filter(feats, start, end, event) if event is not None else None
+                if by_time is not None:  # only the scored batches' rows of the window itself
+                    flt2 = flt2 & by_time
                 yield from feats.scanner(columns=cols, filter=flt2).to_batches()
 
 
@@ -346,18 +325,24 @@ def monitor(
     now: datetime | None = None,
     write: bool = True,
     sample_size: int = DEFAULT_SAMPLE_SIZE,
+    time: str | None = None,
 ) -> MonitorResult:
-    """Run one monitoring check; see the module docstring."""
+    """Run one monitoring check; see the module docstring. ``time``: ``event`` or ``wall`` (default
+    ``monitoring.time``): which clock the window is on."""
     cfg = project.config
     mon = cfg.monitoring
-    checked_at = _utc(now or datetime.now(UTC))
-    start, end = resolve_window(mon.window, window, since, until, now=checked_at)
+    checked_at = utc(now or datetime.now(UTC))
+    event = event_column(project, time)
 
     from loopline.monitoring.report import write_reports
     from loopline.tables import DeltaStore
 
     champ = champion_info(project)
     store = DeltaStore(project.storage_root, project.storage_options)
+    if event is not None and until is None and since is None:
+        newest = newest_event(project, store, event)  # the last `window` of data, not of wall-clock time
+        until = newest + timedelta(microseconds=1) if newest is not None else None
+    start, end = resolve_window(mon.window, window, since, until, now=checked_at)
     if not store.exists("features"):
         raise MonitoringError(
             "the features table does not exist, so there is no reference data",
@@ -404,7 +389,7 @@ def monitor(
     cur_feat = Profiler(kinds, edges=ref_p.edges(), sample_size=sample_size, seed=1)
     cur_pred = Profiler(pred_kind, edges=ref_pp.edges(), sample_size=sample_size, seed=1)
     cur_prob = Profiler(prob_kind, edges=ref_pr.edges(), sample_size=sample_size, seed=1)
-    for batch in _current_batches(project, store, model_inputs, start, end):
+    for batch in _current_batches(project, store, model_inputs, start, end, event):
         names = batch.schema.names
         if any(c in names for c in kinds):
             cur_feat.update(batch)
@@ -422,8 +407,8 @@ def monitor(
         if cur_prob.rows == 0 and cur_pred.rows:
             prob = replace(prob, detail="no probability in the current window's predictions")
         pred_drifts.append(prob)
-    perf = evaluate_performance(project, store, start, end, champ.baselines, spec, champ.per_class)
-    rng = check_range(project, store, start, end, spec)
+    perf = evaluate_performance(project, store, start, end, champ.baselines, spec, champ.per_class, event=event)
+    rng = check_range(project, store, start, end, spec, event=event)
     pred_verdict = max((f.verdict for f in pred_drifts), key=lambda v: _RANK[v])
 
     breaches = [
@@ -442,7 +427,10 @@ def monitor(
         message = "breach: " + ", ".join(_describe(k, drift, pred_drifts, perf, rng) for k in breaches)
     elif n_inputs == 0 and n_preds == 0:
         verdict = "no_data"
-        message = f"no data in window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC (source: {mon.source})"
+        clock = f"event time {event}" if event else "wall clock"
+        message = (
+            f"no data in window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC ({clock}; source: {mon.source})"
+        )
     else:
         verdict = "ok"
         message = (
@@ -666,6 +654,7 @@ def monitor_job(
     window: str | timedelta | None = None,
     since: datetime | str | None = None,
     until: datetime | str | None = None,
+    time: str | None = None,
 ) -> MonitorResult:
     """The `monitor` job (``loopline run monitor`` and the scheduler)."""
     from loopline.config import parse_duration
@@ -677,4 +666,4 @@ def monitor_job(
         length = parse_duration(window) if window is not None else None
     except ValueError:
         raise MonitoringError(f"window must be a duration like 7d, 12h or 30m; got {window!r}") from None
-    return monitor(project, length, when(since), when(until))
+    return monitor(project, length, when(since), when(until), time=time)

@@ -353,10 +353,6 @@ class RangeResult:
 
 
 # ----------------------------------------------------------------------------- labelled rows
-def _ts(value: datetime) -> str:
-    return f"TIMESTAMPTZ '{value.isoformat()}'"
-
-
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -381,9 +377,17 @@ class Labelled:
 
 
 def _queries(
-    project: Project, store: DeltaStore, start: datetime, end: datetime, slices: Sequence[str]
+    project: Project,
+    store: DeltaStore,
+    start: datetime,
+    end: datetime,
+    slices: Sequence[str],
+    event: str | None = None,
 ) -> list[tuple[str, str, list[str]]]:
-    """(source, SQL, tables) of each join of feedback with predictions made in the window."""
+    """(source, SQL, tables) of each join of feedback with predictions made in the window (on the
+    ``event`` time column when given, see :mod:`.window`)."""
+    from loopline.monitoring.window import window_sql
+
     cfg = project.config
     src = cfg.monitoring.source
     if not store.exists("feedback"):
@@ -409,7 +413,7 @@ def _queries(
                 f"{slice_sel('l', log_cols)} FROM inference_log l JOIN ("
                 "  SELECT request_id, label, row_number() OVER (PARTITION BY request_id ORDER BY received_at DESC)"
                 "  AS rn FROM feedback WHERE request_id IS NOT NULL) fb ON fb.request_id = l.request_id AND fb.rn = 1"
-                f" WHERE l.timestamp >= {_ts(start)} AND l.timestamp < {_ts(end)}{ok}",
+                f" WHERE {window_sql('l', log_cols, 'timestamp', start, end, event)}{ok}",
                 ["feedback", "inference_log"],
             )
         )
@@ -444,7 +448,7 @@ def _queries(
                 f"{sel} FROM predictions p JOIN ("
                 f"  SELECT *, row_number() OVER (PARTITION BY {part} ORDER BY received_at DESC) AS rn"
                 f"  FROM feedback WHERE {not_null}) fb ON {on} AND fb.rn = 1{join_features}"
-                f" WHERE p.scored_at >= {_ts(start)} AND p.scored_at < {_ts(end)}",
+                f" WHERE {window_sql('p', pred_cols, 'scored_at', start, end, event)}",
                 names,
             )
         )
@@ -489,12 +493,14 @@ def labelled_rows(
     end: datetime,
     slices: Sequence[str],
     spec: LabelSpec | None = None,
+    event: str | None = None,
 ) -> Labelled:
     """Every labelled prediction made in the window: typed labels and predictions, probabilities, slices.
 
-    ``spec`` is the champion's label contract (None: from the config and the rows, see :func:`_fallback_spec`)."""
+    ``spec`` is the champion's label contract (None: from the config and the rows, see :func:`_fallback_spec`);
+    ``event``: the window is on this event-time column (see :mod:`.window`)."""
     parts: list[tuple[str, pa.Table]] = []
-    queries = _queries(project, store, start, end, slices)
+    queries = _queries(project, store, start, end, slices, event)
     if queries:
         con = store.sql(sorted({t for _, _, tables in queries for t in tables}))
         try:
@@ -580,6 +586,8 @@ def evaluate_performance(
     baselines: dict[str, float],
     spec: LabelSpec | None = None,
     gate_per_class: dict[str, Any] | None = None,
+    *,
+    event: str | None = None,
 ) -> PerformanceResult:
     """Metrics of the labelled predictions in the window vs the gate-time ``test_<m>`` metrics.
 
@@ -589,7 +597,7 @@ def evaluate_performance(
     task = cfg.model.task
     mon = cfg.monitoring
     metric = mon.performance.metric or PRIMARY[task]
-    lab = labelled_rows(project, store, start, end, mon.slices, spec)
+    lab = labelled_rows(project, store, start, end, mon.slices, spec, event)
     spec = lab.spec
     n_classes = len(spec.classes) if spec.is_classifier and spec.classes else None
     registry.check_name(metric, task, "monitoring.performance.metric", project.config_path.name, n_classes)
@@ -700,13 +708,21 @@ def _class_checks(view: dict[str, Any], gate: dict[str, Any], max_degradation: f
 
 # ----------------------------------------------------------------------------- range
 def check_range(
-    project: Project, store: DeltaStore, start: datetime, end: datetime, spec: LabelSpec | None = None
+    project: Project,
+    store: DeltaStore,
+    start: datetime,
+    end: datetime,
+    spec: LabelSpec | None = None,
+    *,
+    event: str | None = None,
 ) -> RangeResult | None:
     """Share of predictions in the window outside ``gate.prediction_range`` (None when not checkable).
 
     Regression: the ``prediction``; classifiers: the ``probability`` column (P(positive) of a binary
     model, P(predicted label) else). ``predictions`` rows carry their ``out_of_range`` flag (batch
     scoring applies the same rule); ``inference_log`` rows are checked here."""
+    from loopline.monitoring.window import window_sql
+
     cfg = project.config
     limit = cfg.monitoring.max_range_violation_rate
     rng = cfg.gate.prediction_range
@@ -720,8 +736,8 @@ def check_range(
         if "out_of_range" in cols:
             names.append("predictions")
             parts.append(
-                "SELECT count(*) AS n, count(*) FILTER (WHERE out_of_range) AS n_out FROM predictions"
-                f" WHERE scored_at >= {_ts(start)} AND scored_at < {_ts(end)}"
+                "SELECT count(*) AS n, count(*) FILTER (WHERE out_of_range) AS n_out FROM predictions p"
+                f" WHERE {window_sql('p', cols, 'scored_at', start, end, event)}"
             )
     if src in ("inference_log", "both") and store.exists("inference_log") and rng:
         cols = store.schema("inference_log").names
@@ -731,8 +747,8 @@ def check_range(
             value = f"TRY_CAST({column} AS DOUBLE)"
             parts.append(
                 f"SELECT count(*) AS n, count(*) FILTER (WHERE {value} < {float(rng[0])!r} OR {value} > "
-                f"{float(rng[1])!r}) AS n_out FROM inference_log WHERE timestamp >= {_ts(start)} AND "
-                f"timestamp < {_ts(end)} AND {column} IS NOT NULL{ok}"
+                f"{float(rng[1])!r}) AS n_out FROM inference_log l WHERE "
+                f"{window_sql('l', cols, 'timestamp', start, end, event)} AND {column} IS NOT NULL{ok}"
             )
     if not parts:
         return None
