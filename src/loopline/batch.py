@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from loopline.runtime import ModelRuntime, Output
 
 PREDICTIONS = "predictions"
+INPUT_BATCH = "_input_batch_id"
 ProgressFn = Callable[[int, int | None], None]
 """Called as ``progress(rows_done, rows_total_or_None)`` after each scored record batch."""
 
@@ -140,11 +141,13 @@ def model_inputs(project: Project, rt: ModelRuntime, available: list[str]) -> Mo
 
 
 def carried(project: Project, schema: pa.Schema) -> list[str]:
-    """Columns copied into ``predictions`` beside the output: ``model.keys``, then ``model.time_column``
-    when the input has it (monitoring windows on event time use it)."""
+    """Columns copied into ``predictions`` beside the output: ``model.keys``, ``model.time_column`` when the
+    input has it (monitoring windows on event time), and the input rows' own ``_batch_id`` (written as
+    ``_input_batch_id``: the lineage monitoring follows back to the scored ``features`` rows)."""
     keys = list(project.config.model.keys)
     tc = project.config.model.time_column
-    return keys + ([tc] if tc and tc not in keys and tc in schema.names else [])
+    out = keys + ([tc] if tc and tc not in keys and tc in schema.names else [])
+    return out + (["_batch_id"] if "_batch_id" in schema.names and "_batch_id" not in out else [])
 
 
 def check_schema(schema: pa.Schema, inputs: ModelInputs, keys: list[str], where: str) -> list[str]:
@@ -303,9 +306,10 @@ class RowBuilder:
         self.spec = champion.spec
         self.keys = [f.name for f in key_fields]
         self.range = project.config.gate.prediction_range
+        lineage = [pa.field(INPUT_BATCH, pa.string()) if f.name == "_batch_id" else f for f in key_fields]
         self.schema = pa.schema(
             [
-                *key_fields,
+                *lineage,
                 *output_fields(self.spec),
                 pa.field("model_name", pa.string()),
                 pa.field("model_version", pa.string()),
@@ -380,6 +384,11 @@ def open_input(
     from loopline.tables import run_readonly_sql
 
     b = project.config.batch
+    if input_batch is not None and b.query:
+        raise BatchError(
+            "--input-batch filters batch.input by _batch_id; it cannot be combined with batch.query",
+            hint="filter in the query instead (e.g. WHERE _batch_id = '...')",
+        )
     if b.query:
         where = "batch.query"
         con = store.sql()
@@ -397,11 +406,6 @@ def open_input(
 
             reader = pa.RecordBatchReader.from_batches(pa.schema([src.schema.field(c) for c in wanted]), select())
         return InputStream(where, None, reader, None)
-    if input_batch is not None and b.query:
-        raise BatchError(
-            "--input-batch filters batch.input by _batch_id; it cannot be combined with batch.query",
-            hint="filter in the query instead",
-        )
     where = f"table {b.input!r}"
     if not store.exists(b.input):
         raise BatchError(

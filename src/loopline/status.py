@@ -424,10 +424,10 @@ def latest_monitoring(store: Any) -> MonitoringStatus | None:
             breaches.append({k: r.get(k) for k in ("kind", "feature", "slice", "statistic", "value", "threshold")})
     if breaches:
         overall = "breach"
-    elif any(v == "ok" for v in kinds.values()):
+    elif kinds.get("dataset_drift") != "no_data" and any(v == "ok" for v in kinds.values()):
         overall = "ok"
     else:
-        overall = "no_data"
+        overall = "no_data"  # no input rows were checked: never "ok"
     versions = [r.get("model_version") for r in rows if r.get("model_version")]
     return MonitoringStatus(
         checked_at=last.as_py(),

@@ -235,7 +235,7 @@ def test_drifted_window_breaches_and_writes_table_and_report(env: Env) -> None:
 
 def test_empty_window_is_no_data(env: Env) -> None:
     res = monitor(env.project, since=datetime(2020, 1, 1), until=datetime(2020, 1, 2), now=NOW, write=False)
-    assert res.verdict == "no_data" and res.exit_code == 0
+    assert res.verdict == "no_data" and res.exit_code == 11
     assert res.message.startswith("no data in window 2020-01-01 00:00 .. 2020-01-02 00:00")
     assert res.drift.verdict == "no_data" and res.performance is not None and res.performance.verdict == "no_data"
     assert res.range is not None and res.range.verdict == "no_data"

@@ -67,7 +67,15 @@ from loopline.monitoring.window import (
     window_filter,
 )
 
-__all__ = ["EXIT_BREACH", "MonitorResult", "latest_verdicts", "monitor", "monitor_job", "resolve_window"]
+__all__ = [
+    "EXIT_BREACH",
+    "EXIT_NO_DATA",
+    "MonitorResult",
+    "latest_verdicts",
+    "monitor",
+    "monitor_job",
+    "resolve_window",
+]
 
 if TYPE_CHECKING:
     from loopline.config import Project
@@ -76,7 +84,9 @@ if TYPE_CHECKING:
     from loopline.tables import DeltaStore
 
 EXIT_BREACH = 10
-"""Exit code of `loopline monitor` when drift, performance or range breached (0: ok or no data)."""
+"""Exit code of `loopline monitor` when drift, performance or range breached."""
+EXIT_NO_DATA = 11
+"""Exit code of `loopline monitor` when the window held no input rows to check (0: within thresholds)."""
 TABLE = "monitoring"
 _TS = pa.timestamp("us", tz="UTC")
 MONITORING_SCHEMA = pa.schema(
@@ -130,7 +140,7 @@ class MonitorResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_BREACH if self.verdict == "breach" else 0
+        return {"breach": EXIT_BREACH, "no_data": EXIT_NO_DATA}.get(self.verdict, 0)
 
     @property
     def prediction_drift(self) -> FeatureDrift | None:
@@ -297,10 +307,12 @@ def _current_batches(
     if src in ("batch", "both") and store.exists("predictions"):
         preds = store.dataset("predictions")
         flt = window_filter(preds, "scored_at", start, end, event)
-        has_ids = "_batch_id" in preds.schema.names
+        # the scored rows' own ingest batches (lineage); tables written before it: the scoring batch id
+        id_col = "_input_batch_id" if "_input_batch_id" in preds.schema.names else "_batch_id"
+        has_ids = id_col in preds.schema.names
         pcols = [c for c in PREDICTION_COLUMNS if c in preds.schema.names]
         ids: set[str] = set()
-        for b in preds.scanner(columns=pcols + (["_batch_id"] if has_ids else []), filter=flt).to_batches():
+        for b in preds.scanner(columns=pcols + ([id_col] if has_ids else []), filter=flt).to_batches():
             if has_ids:
                 ids.update(x for x in b.column(len(pcols)).to_pylist() if x is not None)
             yield b.select(pcols)
@@ -425,12 +437,11 @@ def monitor(
     if breaches:
         verdict: Verdict = "breach"
         message = "breach: " + ", ".join(_describe(k, drift, pred_drifts, perf, rng) for k in breaches)
-    elif n_inputs == 0 and n_preds == 0:
+    elif n_inputs == 0:  # a check with no rows says so, never "ok"
         verdict = "no_data"
         clock = f"event time {event}" if event else "wall clock"
-        message = (
-            f"no data in window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC ({clock}; source: {mon.source})"
-        )
+        what = "no data" if n_preds == 0 else f"{n_preds} predictions but no input rows to check for drift"
+        message = f"{what} in window {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC ({clock}; source: {mon.source})"
     else:
         verdict = "ok"
         message = (
@@ -638,7 +649,12 @@ def latest_verdicts(project: Project) -> dict[str, Any]:
         decides = top or (k == "performance" and r["slice"] is None and r["feature"] == metric)
         if decides and _RANK.get(r["verdict"], 0) >= _RANK.get(kinds.get(k, ""), -1):
             kinds[k] = r["verdict"]
-    verdict = "breach" if "breach" in kinds.values() else "ok" if "ok" in kinds.values() else "no_data"
+    if "breach" in kinds.values():
+        verdict = "breach"
+    elif kinds.get("dataset_drift") == "no_data" or "ok" not in kinds.values():
+        verdict = "no_data"  # no input rows were checked: never "ok"
+    else:
+        verdict = "ok"
     versions = table.column("model_version").to_pylist()
     return {
         "checked_at": last.as_py().isoformat(),
