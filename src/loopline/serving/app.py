@@ -33,8 +33,19 @@ from loopline.serving import process_logging, project_from_env
 from loopline.serving.auth import Auth, AuthFailed
 from loopline.serving.logger import Entry, PredictionLogger, spill_path
 from loopline.serving.metrics import SYNC_SECONDS, Metrics, mark_process_dead
-from loopline.serving.model import LoadedModel, ModelHolder
-from loopline.serving.protocols import KIND_TO_V2, Parsed, encode_predictions, encode_v2, parse_mlflow, parse_v2
+from loopline.serving.model import LoadedModel, ModelHolder, Prediction
+from loopline.serving.protocols import (
+    KIND_TO_V2,
+    Parsed,
+    encode_predictions,
+    encode_v2,
+    output_metadata,
+    output_names,
+    output_tensors,
+    parse_mlflow,
+    parse_v2,
+    select_outputs,
+)
 from loopline.serving.schema import InputError
 from loopline.tables import DeltaStore
 
@@ -69,7 +80,7 @@ class Server:
         self.serving = cfg.serving
         self.task = cfg.model.task
         self.keys = tuple(cfg.model.keys)
-        self.metrics = Metrics(cfg.gate.prediction_range)
+        self.metrics = Metrics(cfg.gate.prediction_range, cfg.model.task)
         self.auth = Auth(cfg.serving.auth.tokens_env)
         self.store = DeltaStore(project.storage_root, project.storage_options)
         self.holder = ModelHolder(project, self.metrics)
@@ -239,12 +250,16 @@ def create_app(project: Project | None = None) -> FastAPI:
     def mlflow_error(status: int, message: str) -> Response:
         return _json({"error_code": _MLFLOW_CODES.get(status, "BAD_REQUEST"), "message": message}, status)
 
-    async def predict(model: LoadedModel, parsed: Parsed) -> np.ndarray:
-        if model.raw is not None and parsed.n <= INLINE_ROWS and parsed.params is None:
-            return model.predict(parsed)
-        return await run_in_threadpool(model.predict, parsed)
+    async def predict(model: LoadedModel, parsed: Parsed) -> Prediction:
+        if model.inline and parsed.n <= INLINE_ROWS and (parsed.params is None or not model.signature.has_params):
+            out = model.predict(parsed)
+        else:
+            out = await run_in_threadpool(model.predict, parsed)
+        if len(out) != parsed.n:
+            raise InputError(f"the model returned {len(out)} predictions for {parsed.n} rows", status=422)
+        return out
 
-    def record(model: LoadedModel, parsed: Parsed, preds: np.ndarray, endpoint: str, t0: float) -> list[str]:
+    def record(model: LoadedModel, parsed: Parsed, pred: Prediction, endpoint: str, t0: float) -> list[str]:
         ids = _ids(parsed.n)
         latency = (time.perf_counter() - t0) * 1000.0
         if S.logger is not None:
@@ -261,12 +276,15 @@ def create_app(project: Project | None = None) -> FastAPI:
                     model.version,
                     endpoint,
                     latency,
-                    preds,
+                    pred.labels,
                     inputs,
                     parsed.passthrough,
+                    proba=pred.proba,
+                    probability=pred.probability,
+                    spec=model.spec,
                 )
             )
-        S.metrics.observe_predictions(preds)
+        S.metrics.observe_predictions(pred.labels, pred.probability)
         return ids
 
     # ------------------------------------------------------------------ MLflow scoring protocol
@@ -288,11 +306,16 @@ def create_app(project: Project | None = None) -> FastAPI:
             model = S.model()
             body = await read_body(request, limit)
             parsed = parse_mlflow(body, request.headers.get("content-type"), model.signature, S.keys)
-            preds = await predict(model, parsed)
-            if len(preds) != parsed.n:
-                raise InputError(f"the model returned {len(preds)} predictions for {parsed.n} rows", status=422)
-            ids = record(model, parsed, preds, "invocations", t0)
-            return _json({"predictions": encode_predictions(preds), "request_ids": ids, "model_version": model.version})
+            pred = await predict(model, parsed)
+            ids = record(model, parsed, pred, "invocations", t0)
+            out: dict[str, Any] = {"predictions": encode_predictions(pred.labels)}
+            if pred.proba is not None and pred.probability is not None:
+                out["probability"] = encode_predictions(pred.probability)
+                out["classes"] = list(model.spec.classes)
+                out["probabilities"] = encode_predictions(pred.proba)
+            out["request_ids"] = ids
+            out["model_version"] = model.version
+            return _json(out)
         except InputError as exc:
             status = exc.status
             return mlflow_error(exc.status, exc.message)
@@ -350,13 +373,12 @@ def create_app(project: Project | None = None) -> FastAPI:
             {"name": c.name, "datatype": KIND_TO_V2.get(c.kind, "BYTES"), "shape": [-1]}
             for c in model.signature.columns
         ]
-        out_type = "FP64" if S.task == "regression" else "BYTES"
         return {
             "name": name,
             "versions": [model.version],
             "platform": "mlflow",
             "inputs": inputs,
-            "outputs": [{"name": "predict", "datatype": out_type, "shape": [-1]}],
+            "outputs": output_metadata(model.spec, model.has_proba),
         }
 
     async def _v2_meta(request: Request, name: str, version: str | None) -> Response:
@@ -385,11 +407,15 @@ def create_app(project: Project | None = None) -> FastAPI:
             model = v2_model(name, version)
             body = await read_body(request, limit)
             parsed = parse_v2(body, request.headers.get("inference-header-content-length"), model.signature, S.keys)
-            preds = await predict(model, parsed)
-            if len(preds) != parsed.n:
-                raise InputError(f"the model returned {len(preds)} predictions for {parsed.n} rows", status=422)
-            ids = record(model, parsed, preds, "v2_infer", t0)
-            content, header_len = encode_v2(name, model.version, preds, ids, parsed.v2_id, parsed.v2_binary_output)
+            wanted = select_outputs(parsed, output_names(model.spec, model.has_proba))
+            pred = await predict(model, parsed)
+            ids = record(model, parsed, pred, "v2_infer", t0)
+            tensors = output_tensors(
+                model.spec, pred.labels, pred.proba, pred.probability, model.classes_json, [n for n, _ in wanted]
+            )
+            binary = dict(wanted)
+            flags = [binary[t.name] for t in tensors]
+            content, header_len = encode_v2(name, model.version, tensors, ids, parsed.v2_id, flags)
             if header_len is None:
                 return Response(content, media_type="application/json")
             return Response(

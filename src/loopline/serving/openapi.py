@@ -133,7 +133,11 @@ V2_INFER_BODY: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["name"],
                                 "properties": {
-                                    "name": {"type": "string", "enum": ["predict"]},
+                                    "name": {
+                                        "type": "string",
+                                        "enum": ["predict", "probability", "probabilities"],
+                                        "description": "probability and probabilities: classifiers only.",
+                                    },
                                     "parameters": {"type": "object", "additionalProperties": True},
                                 },
                             },
@@ -158,17 +162,38 @@ class ErrorBody(BaseModel):
 
 
 class InvocationsResponse(BaseModel):
-    predictions: list[Any] = Field(description="One prediction per input row.")
+    predictions: list[StrictBool | StrictInt | StrictFloat | StrictStr | None] = Field(
+        description="One prediction per input row: a number (regression), else the predicted class in the "
+        "target's own JSON type (integer, boolean or string)."
+    )
+    probability: list[float | None] | None = Field(
+        None,
+        description="Classifiers with probabilities: per row, P(positive class) for a binary model, else "
+        "P(predicted class).",
+    )
+    classes: list[StrictBool | StrictInt | StrictFloat | StrictStr] | None = Field(
+        None, description="Classifiers with probabilities: the classes, in the column order of `probabilities`."
+    )
+    probabilities: list[list[float | None]] | None = Field(
+        None, description="Classifiers with probabilities: per row, the probability of each class in `classes`."
+    )
     request_ids: list[str] = Field(description="loopline's id per row (use it in /feedback).")
     model_version: str = Field(description="The registered model version that predicted.")
 
 
 class V2Output(BaseModel):
-    name: str
+    name: str = Field(
+        description="predict (the labels: INT64, BOOL or BYTES by the target's type, FP64 for regression); "
+        "classifiers also probability (FP64 [N]) and probabilities (FP64 [N, n_classes])."
+    )
     datatype: str
     shape: list[int]
     data: list[Any] | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="binary_data_size (binary tensor data extension); probabilities: classes, the class of "
+        "each column as a JSON list.",
+    )
 
 
 class V2InferResponse(BaseModel):
