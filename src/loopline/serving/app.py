@@ -62,6 +62,9 @@ _MLFLOW_CODES = {
     503: "TEMPORARILY_UNAVAILABLE",
 }
 _ERRS: dict[int | str, dict[str, Any]] = {s: {"model": oa.ErrorBody} for s in (400, 401, 403, 404, 413, 415, 422, 503)}
+_FEEDBACK_ERRS: dict[int | str, dict[str, Any]] = {
+    s: {"model": oa.ErrorBody} for s in (400, 401, 403, 409, 413, 422, 503)
+}
 _MLFLOW_ERRS: dict[int | str, dict[str, Any]] = {
     s: {"model": oa.MlflowErrorBody} for s in (400, 401, 403, 413, 415, 422, 503)
 }
@@ -501,13 +504,15 @@ def create_app(project: Project | None = None) -> FastAPI:
         "/feedback",
         tags=["feedback"],
         response_model=oa.FeedbackResponse,
-        responses=_ERRS,
+        responses=_FEEDBACK_ERRS,
         openapi_extra=oa.FEEDBACK_BODY,
         summary="Record labels",
     )
     async def feedback(request: Request) -> Response:
         """Appends to the `feedback` table in one commit before answering (durable when `status` is ok).
-        Unknown request ids are accepted and listed in `unknown_request_ids`. Role `feedback`."""
+        Unknown request ids are accepted and listed in `unknown_request_ids`. Each label is parsed to the
+        served model's label type and must be one of its classes (else 422, nothing stored); 409 when the
+        feedback table holds labels of another type. Role `feedback`."""
         from loopline.serving.feedback import FeedbackError, store_feedback
 
         t0 = time.perf_counter()
@@ -521,8 +526,8 @@ def create_app(project: Project | None = None) -> FastAPI:
             status = exc.status
             return _json({"error": exc.message}, exc.status)
         except FeedbackError as exc:
-            status = 503
-            return _json({"error": exc.message}, 503)
+            status = exc.status
+            return _json({"error": exc.message}, exc.status)
         except Exception:
             status = 500
             raise

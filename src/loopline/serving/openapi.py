@@ -264,7 +264,11 @@ class FeedbackItem(BaseModel):
 
     request_id: StrictStr | None = Field(None, max_length=256, description="A request id returned by a predict call.")
     keys: dict[str, KeyValue] | None = Field(None, description="model.keys columns identifying the row.")
-    label: StrictFloat | StrictInt | StrictStr = Field(description="The observed outcome.")
+    label: StrictBool | StrictInt | StrictFloat | StrictStr = Field(
+        description="The observed outcome, parsed to the model's label type: a number (regression); one of the "
+        'model\'s classes (classification): 1, 1.0 or "1" for an integer target, true, "true", 1 or 0 for a '
+        "boolean target, text for a text target. Values are not coerced by the schema: true stays a boolean."
+    )
     received_at: datetime | None = Field(None, description="When the label was observed (default: now, UTC).")
 
 
