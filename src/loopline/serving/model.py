@@ -103,10 +103,14 @@ class LoadedModel:
                 out = rt.predict(parsed.columns, parsed.n, params)
         except Exception as exc:
             raise _refused(exc) from None
-        proba = out.proba
-        if proba is None or not rt.spec.classes or proba.shape != (len(out.predictions), len(rt.spec.classes)):
+        proba, spec = out.proba, rt.spec
+        if proba is None or not spec.classes or proba.shape != (len(out.predictions), len(spec.classes)):
             return Prediction(out.predictions)
-        return Prediction(out.predictions, proba, rt.spec.score(out.predictions, proba))
+        if spec.binary or rt.path == "pyfunc":
+            return Prediction(out.predictions, proba, spec.score(out.predictions, proba))
+        # multiclass on the estimator's path: the label is the argmax class (LabelSpec.decide), so
+        # LabelSpec.score's P(label) is the row's largest probability (without a lookup per row)
+        return Prediction(out.predictions, proba, proba.max(axis=1))
 
 
 def _refused(exc: Exception) -> Exception:
