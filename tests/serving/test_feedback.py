@@ -83,3 +83,22 @@ def test_a_feedback_table_of_another_label_type_is_a_conflict(tmp_path: Path) ->
     text = spec_for("classification", "str", ["0", "1"])
     ok = _conform(server, build_table(parse_items(b'{"request_id": "a", "label": 1}', (), text), (), text))  # type: ignore[arg-type]
     assert ok.column("label").to_pylist() == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b'{"request_id": "a", "label": [1]}', 422, "label: must be a boolean, a number or a string, got list"),
+        (b'[{"request_id": "a", "label": 1}, {"request_id": "a", "label": {"x": 1}}]', 422,
+         "[1].label: must be a boolean, a number or a string, got object"),
+        (b'{"request_id": "a", "label": null}', 422, "label: must be a boolean, a number or a string, got null"),
+        (b'[{"request_id": "a"}]', 422, "[0].label: Field required"),
+        (b'{"keys": {"id": [1]}, "label": 1}', 422, "keys.id: must be a boolean, a number or a string, got list"),
+        (b'[1]', 422, "[0]: Input should be an object"),
+        (b'{"request_id": "a", "label": 1', 400, "malformed JSON"),
+    ],
+)  # fmt: skip
+def test_malformed_items_name_the_field(body: bytes, status: int, message: str) -> None:
+    with pytest.raises(InputError) as err:
+        parse_items(body, ("id",), spec_for("classification", "int", [1, 2]))
+    assert err.value.status == status and err.value.message.startswith(message), err.value.message

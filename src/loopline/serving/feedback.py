@@ -84,6 +84,30 @@ def _label(value: Any, spec: LabelSpec, where: str) -> Any:
         raise InputError(f"{where}.label: {message}", status=422) from None
 
 
+_UNION_MEMBERS = ("bool", "int", "float", "str", "none")  # pydantic's tags of a label / key value union
+
+
+def _invalid(exc: ValidationError, body: bytes) -> InputError:
+    """The first problem of the body's own shape (an item or a list of items) as a 4xx naming the field."""
+    errors = exc.errors()
+    if errors and errors[0]["type"] == "json_invalid":
+        return InputError(f"malformed JSON: {errors[0]['msg']}")
+    branch = "list[FeedbackItem]" if body.lstrip().startswith(b"[") else "FeedbackItem"
+    err = next((e for e in errors if e["loc"] and e["loc"][0] == branch), errors[0])
+    loc = [p for p in err["loc"] if p not in ("FeedbackItem", "list[FeedbackItem]")]
+    if len(loc) >= 2 and loc[-1] in _UNION_MEMBERS:  # a label or key value: one message, not one per member
+        value = err.get("input")
+        got = "null" if value is None else type(value).__name__.replace("dict", "object")
+        return InputError(f"{_where(loc[:-1])}: must be a boolean, a number or a string, got {got}", status=422)
+    return InputError(f"{_where(loc)}: {err['msg']}", status=422)
+
+
+def _where(loc: list[Any]) -> str:
+    """A pydantic location as this module names fields: ``[1].label``, ``keys.zip``, ``body``."""
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    return text or "body"
+
+
 def parse_items(body: bytes, keys: tuple[str, ...], spec: LabelSpec | Callable[[], LabelSpec]) -> list[FeedbackItem]:
     """The request's items, each ``label`` parsed to ``spec``'s type (all of them, or a 422: nothing is
     stored). ``spec`` may be a function, called once the body is known to be well formed."""
@@ -92,12 +116,7 @@ def parse_items(body: bytes, keys: tuple[str, ...], spec: LabelSpec | Callable[[
     try:
         parsed = _ADAPTER.validate_json(body)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = [str(p) for p in err["loc"] if str(p) not in ("FeedbackItem", "list[FeedbackItem]")]
-        if err["type"] == "json_invalid":
-            raise InputError(f"malformed JSON: {err['msg']}") from None
-        where = ".".join(loc) or "body"
-        raise InputError(f"{where}: {err['msg']}", status=422) from None
+        raise _invalid(exc, body) from None
     items = parsed if isinstance(parsed, list) else [parsed]
     if not items:
         raise InputError("the list of feedback items is empty", status=422)
