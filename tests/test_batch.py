@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +17,7 @@ import pytest
 
 from loopline.config import Project, load_project
 from loopline.errors import BatchError, RegistryError
+from loopline.labels import LabelSpec
 from loopline.tables import DeltaStore
 
 YAML = textwrap.dedent(
@@ -163,30 +165,80 @@ def test_out_of_range_flag_uses_gate_range(project: Project) -> None:
     assert result.out_of_range == int(expected.sum())
 
 
-def test_nan_and_inf_predictions_are_out_of_range(project: Project) -> None:
-    from loopline.batch import Champion, RowBuilder
+def _with(project: Project, overlay: dict[str, dict[str, Any]]) -> Project:
+    """The project with some config sections' fields replaced (no file written)."""
+    cfg = project.config
+    update = {section: getattr(cfg, section).model_copy(update=fields) for section, fields in overlay.items()}
+    return Project(**{**project.__dict__, "config": cfg.model_copy(update=update)})
 
-    champ = Champion(name="m", version="3", run_id="r", uri="models:/m/3", model=None)  # type: ignore[arg-type]
-    builder = RowBuilder(project, champ, "b", [pa.field("id", pa.int64())], chunk=4)
+
+def _champion(spec: LabelSpec, version: str = "3") -> Any:
+    """A Champion for the row builder alone (no model is called): name, version and the label contract."""
+    from loopline.batch import Champion
+    from loopline.runtime import ModelRuntime
+    from loopline.serving.schema import Signature
+
+    rt = ModelRuntime("m", version, "r", pyfunc=None, signature=Signature(()), spec=spec)
+    return Champion(name="m", version=version, run_id="r", uri=f"models:/m/{version}", runtime=rt)
+
+
+def test_nan_and_inf_predictions_are_out_of_range(project: Project) -> None:
+    from loopline.batch import RowBuilder
+    from loopline.labels import spec_for
+    from loopline.runtime import Output
+
+    builder = RowBuilder(project, _champion(spec_for("regression", "float")), "b", [pa.field("id", pa.int64())], 4)
     keys = pa.record_batch({"id": pa.array([1, 2, 3, 4], pa.int64())})
-    rb = builder.build(keys, np.array([0.0, np.nan, np.inf, 51.0]))
+    rb = builder.build(keys, Output(np.array([0.0, np.nan, np.inf, 51.0])))
     assert rb.column("out_of_range").to_pylist() == [False, True, True, True]
     assert rb.column("model_version").to_pylist() == ["3"] * 4
+    assert "probability" not in rb.schema.names
 
 
-def test_classification_predictions_are_strings(project: Project) -> None:
-    from loopline.batch import Champion, RowBuilder
+@pytest.mark.parametrize(
+    ("kind", "classes", "labels"),
+    [
+        ("int", [0, 1], [1, 0, 1]),
+        ("bool", [False, True], [True, False, True]),
+        ("str", ["no", "yes"], ["yes", "no", "yes"]),
+    ],
+)
+def test_classifier_rows_keep_the_label_type_and_probabilities(
+    project: Project, kind: Any, classes: list[Any], labels: list[Any]
+) -> None:
+    from loopline.batch import RowBuilder
+    from loopline.labels import arrow_type, spec_for
+    from loopline.runtime import Output
 
-    cfg = project.config.model_copy(
-        update={"model": project.config.model.model_copy(update={"task": "classification"})}
+    clf = _with(project, {"model": {"task": "classification"}, "gate": {"prediction_range": [0.1, 0.9]}})
+    builder = RowBuilder(
+        clf, _champion(spec_for("classification", kind, classes)), "b", [pa.field("id", pa.int64())], 2
     )
-    clf = Project(**{**project.__dict__, "config": cfg})
-    champ = Champion(name="m", version="1", run_id="r", uri="models:/m/1", model=None)  # type: ignore[arg-type]
-    builder = RowBuilder(clf, champ, "b", [pa.field("id", pa.int64())], chunk=2)
-    rb = builder.build(pa.record_batch({"id": pa.array([1, 2], pa.int64())}), np.array([1, 0]))
-    assert rb.schema.field("prediction").type == pa.string()
-    assert rb.column("prediction").to_pylist() == ["1", "0"]
-    assert rb.column("out_of_range").to_pylist() == [False, False]
+    proba = np.array([[0.2, 0.8], [0.95, 0.05], [0.4, 0.6]])
+    preds = np.array(labels, dtype=object if kind == "str" else None)
+    rb = builder.build(pa.record_batch({"id": pa.array([1, 2, 3], pa.int64())}), Output(preds, proba))
+    assert rb.schema.field("prediction").type == arrow_type(kind)
+    assert rb.column("prediction").to_pylist() == labels  # no text round trip
+    assert rb.column("probability").to_pylist() == [0.8, 0.05, 0.6]  # P(positive class)
+    assert rb.column("probabilities").to_pylist()[0] == [(classes[0], 0.2), (classes[1], 0.8)]
+    assert rb.column("out_of_range").to_pylist() == [False, True, False]  # probability outside [0.1, 0.9]
+
+
+def test_multiclass_rows_give_the_probability_of_the_predicted_label(project: Project) -> None:
+    from loopline.batch import RowBuilder
+    from loopline.labels import spec_for
+    from loopline.runtime import Output
+
+    clf = _with(project, {"model": {"task": "classification"}, "gate": {"prediction_range": None}})
+    spec = spec_for("classification", "str", ["clear", "cloudy/misty", "light rain/snow"])
+    builder = RowBuilder(clf, _champion(spec), "b", [pa.field("id", pa.int64())], 2)
+    out = Output(np.array(["cloudy/misty", "clear"], dtype=object), np.array([[0.2, 0.7, 0.1], [0.5, 0.3, 0.2]]))
+    rb = builder.build(pa.record_batch({"id": pa.array([1, 2], pa.int64())}), out)
+    assert rb.column("probability").to_pylist() == [0.7, 0.5]
+    assert dict(rb.column("probabilities").to_pylist()[0])["light rain/snow"] == 0.1
+    # no probabilities (a model without predict_proba): null columns, same schema
+    rb = builder.build(pa.record_batch({"id": pa.array([1], pa.int64())}), Output(np.array(["clear"], dtype=object)))
+    assert rb.column("probability").to_pylist() == [None] and rb.column("out_of_range").to_pylist() == [False]
 
 
 def test_rerun_same_batch_id_replaces_without_duplicates(project: Project) -> None:
@@ -306,7 +358,7 @@ def test_failure_mid_stream_leaves_the_previous_version(project: Project) -> Non
     calls = {"n": 0}
     original = batch.Predictor.__call__
 
-    def flaky(self: batch.Predictor, rb: pa.RecordBatch) -> np.ndarray:
+    def flaky(self: batch.Predictor, rb: pa.RecordBatch) -> Any:
         calls["n"] += 1
         if calls["n"] == 3:
             raise BatchError("model exploded on batch 3")
@@ -369,3 +421,62 @@ def test_cli_run_batch_and_errors(project: Project) -> None:
     none = run_cli("run", "batch", "--project", str(project.root))
     assert none.returncode == 1
     assert "has no @champion" in none.stderr and "Hint:" in none.stderr
+
+
+CLASSIFIERS = {
+    # label type -> (labels from the score, estimator params); "color" is a text input encoded inside the model
+    "str-multiclass": (lambda s: np.where(s < 3, "low", np.where(s < 7, "mid/range", "high")), {}),
+    "bool": (lambda s: s > 5, {}),
+    "int": (lambda s: (s > 5).astype(np.int64), {}),
+}
+
+
+def train_classifier(root: Path, case: str) -> tuple[Project, pa.Table, str]:
+    """A promoted loopline-trained classifier of the case's label type with a text input column ``color``."""
+    from _lifecycle import features_table, make_project
+    from loopline import registry
+    from loopline.training import train
+
+    label_of, params = CLASSIFIERS[case]
+    p = make_project(
+        root,
+        {
+            "model": {"task": "classification", "target": "label"},
+            "training": {"estimator": None, "params": {"max_iter": 20, **params}},
+            "gate": None,
+        },
+    )
+    t = features_table(n=600)
+    color = np.random.default_rng(1).choice(["red", "green", "blue"], t.num_rows)
+    label = label_of(10 * t.column("x1").to_numpy() + (color == "red") * 3.0)
+    t = t.drop(["y"]).append_column("color", pa.array(color)).append_column("label", pa.array(label.tolist()))
+    DeltaStore(p.storage_root).overwrite("features", t)
+    r = train(p)
+    assert r.gate.passed, r.gate.failed_rules
+    registry.promote(p, r.version, reason="test")
+    return p, t, r.version
+
+
+@pytest.mark.parametrize("case", sorted(CLASSIFIERS))
+def test_classifier_batch_scores_typed_labels_and_probabilities(tmp_path: Path, case: str) -> None:
+    """Train with loopline (a text input column, labels of each type), promote, batch-score: the table holds
+    the labels in their own type and the probabilities the registered model gives (predict_proba)."""
+    from loopline import tracking
+    from loopline.batch import score
+
+    p, t, version = train_classifier(tmp_path, case)
+    result = score(p, batch_id="all")
+    got = store(p).read("predictions").to_pandas().sort_values("id").reset_index(drop=True)
+    assert result.rows == 600
+    raw_model = tracking.load_model(f"models:/dev.demo/{version}").get_raw_model()
+    X = t.to_pandas().sort_values("id")[["x1", "x2", "x3", "color"]]
+    assert got["prediction"].tolist() == raw_model.predict(X).tolist()  # typed: no text round trip
+    proba = raw_model.predict_proba(X)
+    classes = list(raw_model.classes_)
+    if len(classes) == 2:
+        np.testing.assert_allclose(got["probability"].to_numpy(), proba[:, 1], rtol=1e-12)
+    else:
+        picked = [proba[i, classes.index(lab)] for i, lab in enumerate(got["prediction"])]
+        np.testing.assert_allclose(got["probability"].to_numpy(), picked, rtol=1e-12)
+    first = dict(got["probabilities"][0])
+    assert list(first) == classes and np.allclose(list(first.values()), proba[0])

@@ -11,7 +11,7 @@ import pytest
 
 from loopline.errors import MissingDependency
 from loopline.tables import DeltaStore
-from test_batch import copy_project, trained_project
+from test_batch import copy_project, train_classifier, trained_project
 
 
 @pytest.mark.spark
@@ -40,6 +40,24 @@ def test_spark_engine_matches_local_engine(java: str, tmp_path_factory: pytest.T
     again = score(project, batch_id="spark", engine="spark")  # rerun replaces the batch
     assert again.table_version == spark.table_version + 1
     assert store.read("predictions").num_rows == 600
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_spark_engine_scores_classifiers_like_the_local_engine(java: str, tmp_path: Path) -> None:
+    """Text labels and a text input column: the executors run loopline's runtime, probabilities included."""
+    from loopline.batch import score
+
+    project, _, _ = train_classifier(tmp_path, "str-multiclass")
+    score(project, batch_id="local")
+    score(project, batch_id="spark", engine="spark")
+    t = DeltaStore(project.storage_root).read("predictions")
+    a = t.filter(pa.compute.equal(t["_batch_id"], "local")).sort_by("id")
+    b = t.filter(pa.compute.equal(t["_batch_id"], "spark")).sort_by("id")
+    assert a.schema == b.schema and b.schema.field("prediction").type == pa.string()
+    assert a["prediction"].to_pylist() == b["prediction"].to_pylist()
+    np.testing.assert_allclose(b["probability"].to_numpy(), a["probability"].to_numpy(), rtol=1e-12)
+    assert a["probabilities"].to_pylist() == b["probabilities"].to_pylist()
 
 
 def test_spark_engine_without_pyspark_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from _lifecycle import BROKEN_HOOKS, make_project, one_thread  # noqa: F401  (fixture, used by pytestmark)
@@ -84,19 +86,21 @@ def test_prediction_range_thresholds_and_champion_metrics(tmp_path: Path) -> Non
 
 
 def test_improvement_over_champion_recorded_on_both(tmp_path: Path) -> None:
-    p = make_project(tmp_path, {"gate": {"min_improvement": {"mae": {"absolute": 0.05}, "r2": {"relative": 0.0}}}})
+    gate = {"min_improvement": {"mae": {"absolute": 0.05}, "r2": {"relative": 0.0}}}
+    p = make_project(tmp_path, {"gate": gate, "training": {"refit": False}})  # the same rows: like with like
     first = train(p)
     registry.promote(p)
     better = train(p, params_override={"max_iter": 60})
     assert better.gate.passed and better.gate.champion_version == first.version
-    assert better.gate.champion_metrics["mae"] == pytest.approx(first.gate.candidate_metrics["mae"])
     mv = tracking.client(p).get_model_version("dev.demo", better.version)
     assert mv.tags["loopline.gate.champion_version"] == "1"
-    assert float(mv.tags["loopline.gate.champion.mae"]) == pytest.approx(first.gate.candidate_metrics["mae"])
+    assert float(mv.tags["loopline.gate.champion.mae"]) == pytest.approx(better.gate.champion_metrics["mae"])
     assert str(tracking.alias_version(p, "challenger").version) == better.version  # type: ignore[union-attr]
     worse = train(p, params_override={"max_iter": 2})
-    assert [r.split(":")[0] for r in worse.gate.failed_rules] == ["min_improvement.mae", "min_improvement.r2"]
-    assert "must be lower by at least 0.05" in worse.gate.failed_rules[0]
+    rules = worse.gate.failed_rules
+    assert [r.split(":")[0] for r in rules] == ["min_improvement.mae", "min_improvement.r2"]  # not_worse.mae: covered
+    assert "is worse than champion v1's" in rules[0] and rules[0].endswith("(must be lower by at least 0.05)")
+    assert rules[1].endswith("(must not be worse)")
     assert str(tracking.alias_version(p, "champion").version) == "1"  # type: ignore[union-attr]
 
 
@@ -162,3 +166,59 @@ def test_classification_metrics_through_the_registry(tmp_path: Path) -> None:
     assert "gate_candidate_recall.1" in run.data.metrics
     tags = c.get_model_version("dev.demo", r.version).tags
     assert json.loads(tags["loopline.gate.per_class"])["classes"] == [0, 1]
+
+
+def _drifted(p: Any, shift: float, n: int = 400) -> None:
+    """Append ``n`` newer rows whose target moved by ``shift`` (a concept drift the champion never saw)."""
+    from datetime import timedelta
+
+    import pyarrow.compute as pc
+
+    from _lifecycle import features_table
+    from loopline.tables import DeltaStore
+
+    store = DeltaStore(p.storage_root)
+    old = store.read("features")
+    new = features_table(n=n, seed=7, shift=shift)
+    later = pc.add(new.column("ts"), pa.scalar(timedelta(days=30)))
+    new = new.set_column(new.schema.get_field_index("ts"), "ts", later)
+    new = new.set_column(0, "id", pa.array(range(old.num_rows, old.num_rows + n), pa.int64()))
+    store.overwrite("features", pa.concat_tables([old, new.cast(old.schema)]))
+
+
+def test_a_floor_never_keeps_a_worse_champion(tmp_path: Path) -> None:
+    """Both below the absolute floor after a drift: the better model is promoted and the breach is recorded."""
+    p = make_project(tmp_path, {"gate": {"thresholds": {"mae": {"max": 0.2}}, "min_improvement": None}})
+    first = train(p)
+    assert not first.gate.passed and first.gate.failed_rules[0].startswith("threshold.mae: mae ")
+    registry.promote(p, first.version, force=True, reason="bootstrap below the floor")
+    _drifted(p, shift=6.0)
+    second = train(p)
+    assert second.gate.passed, second.gate.failed_rules
+    assert second.gate.candidate_metrics["mae"] > 0.2  # still below the floor ...
+    assert second.gate.candidate_metrics["mae"] < second.gate.champion_metrics["mae"]  # ... but better
+    (breach,) = second.gate.floor_breaches
+    assert breach.startswith("threshold.mae: mae ") and "the better model wins" in breach
+    tags = tracking.client(p).get_model_version("dev.demo", second.version).tags
+    assert json.loads(tags["loopline.gate.floor_breaches"]) == [breach]
+    assert second.gate.rules_checked[-2:] == ["threshold.mae", "not_worse.mae"]
+
+
+def test_the_gate_compares_on_rows_the_champion_never_saw(tmp_path: Path) -> None:
+    """After new rows arrive, the test rows are only the ones after the champion's training cutoff; the
+    registered model is refit on everything, so the next champion's cutoff is the newest row."""
+    from loopline.training import champion_cutoff
+
+    p = make_project(tmp_path, {"gate": {"min_improvement": None}})
+    first = train(p)
+    registry.promote(p, first.version)
+    cutoff = champion_cutoff(p)
+    assert cutoff is not None and cutoff.isoformat().startswith("2024-01-17T15:00:00")
+    _drifted(p, shift=3.0, n=100)
+    second = train(p)
+    assert second.n_test == 50  # the newest half of the rows the champion never saw (the older half trains)
+    assert second.gate.passed and second.gate.candidate_metrics["mae"] < second.gate.champion_metrics["mae"]
+    registry.promote(p, second.version)
+    assert champion_cutoff(p).isoformat().startswith("2024-02-04T03:00:00")  # type: ignore[union-attr]
+    run = tracking.client(p).get_run(second.run_id)
+    assert run.data.tags["loopline.trained_rows"] == "500"

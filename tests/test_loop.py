@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,10 +23,11 @@ training:
   split: {method: time, valid: 0.2, test: 0.2}
 gate:
   thresholds: {mae: {max: MAE_MAX}}
+  min_improvement: {mae: {relative: GAIN}}
   prediction_range: [-1000, 1000]
 batch:
   query: "select * from features where _batch_id = 'BATCH'"
-monitoring: {source: batch, drift_share: 0.5}
+monitoring: {source: batch, drift_share: 0.5, time: wall}  # windows: when rows were scored
 retraining: {triggers: [drift, performance], max_gate_failures: 2}
 environments: {dev: {}}
 """
@@ -50,8 +52,10 @@ def features(batch: str, start: int, n: int, shift: float, seed: int) -> pa.Tabl
     )
 
 
-def make_project(root: Path, mae_max: float, batch: str) -> Project:
-    (root / "loopline.yaml").write_text(CONFIG.replace("MAE_MAX", str(mae_max)).replace("BATCH", batch))
+def make_project(root: Path, mae_max: float, batch: str, gain: float = 0.0) -> Project:
+    """``gain``: the relative improvement over the champion a candidate must show (0.99: none can)."""
+    text = CONFIG.replace("MAE_MAX", str(mae_max)).replace("BATCH", batch).replace("GAIN", str(gain))
+    (root / "loopline.yaml").write_text(text)
     return load_project(root, "dev")
 
 
@@ -132,7 +136,7 @@ def test_refusals_lead_to_human_review(project: Project) -> None:
 
     t0 = datetime.now(UTC) - timedelta(seconds=1)
     p = drifted_batch(project, "b2", 600, 2)
-    strict = make_project(p.root, 0.0001, "b2")  # no candidate can pass this gate
+    strict = make_project(p.root, 5.0, "b2", gain=0.99)  # no candidate can be 99% better than the champion
     first = loop(strict, since=t0)
     assert first.exit_code == EXIT_REFUSED and "refused" in first.action
     second = loop(strict, since=t0)
@@ -152,7 +156,7 @@ def test_loop_cli_exit_codes(project: Project, cli) -> None:  # type: ignore[no-
     t0 = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
     p = drifted_batch(project, "b2", 600, 2)
     (p.root / "loopline.yaml").write_text(
-        (p.root / "loopline.yaml").read_text().replace("mae: {max: 5.0}", "mae: {max: 0.0001}")
+        (p.root / "loopline.yaml").read_text().replace("mae: {relative: 0.0}", "mae: {relative: 0.99}")
     )
     r = cli("loop", "--since", t0, cwd=p.root)
     assert r.returncode == 4, r.stderr
@@ -183,3 +187,101 @@ def test_feedback_labels_fill_the_target(tmp_path: Path) -> None:
     assert apply_feedback_labels(p, store) == 2
     y = dict(zip(*store.read("features", columns=["id", "y"]).to_pydict().values(), strict=True))
     assert y[1] == 10.0 and y[3] == 33.0, "the latest label per key wins"
+
+
+CLASSIFIER = """\
+project: looptest
+model: {name: m, task: classification, target: label, keys: [id]}
+environments: {dev: {}}
+"""
+
+
+def labelled_features(label: pa.Array) -> pa.Table:
+    n = len(label)
+    return pa.table({"id": pa.array(range(n), pa.int64()), "x": pa.array([0.5] * n), "label": label})
+
+
+def feedback_rows(ids: list[Any], labels: pa.Array) -> pa.Table:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    return pa.table(
+        {
+            "id": pa.array(ids),
+            "label": labels,
+            "received_at": pa.array([t0 + timedelta(minutes=i) for i in range(len(ids))], pa.timestamp("us", tz="UTC")),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "labels", "want", "refused"),
+    [
+        # typed labels (the feedback contract): int, bool and text targets
+        (pa.array([0, 0, 0], pa.int64()), pa.array([1, 0], pa.int64()), [1, 0, 0], None),
+        (pa.array([False, False, False]), pa.array([True, False]), [True, False, False], None),
+        (pa.array(["no", "no", "no"]), pa.array(["yes", "no"]), ["yes", "no", "no"], None),
+        # an older text feedback table: parsed like the label contract ("1" is 1, "true" is True)
+        (pa.array([0, 0, 0], pa.int64()), pa.array(["1", "maybe"]), [1, 0, 0], "'maybe' (type int64)"),
+        (pa.array([False, False, False]), pa.array(["true", "2"]), [True, False, False], "'2' (type bool)"),
+        # a typed int label into a text target
+        (pa.array(["0", "0", "0"]), pa.array([1, 0], pa.int64()), ["1", "0", "0"], None),
+    ],
+    ids=["int", "bool", "str", "int-from-text", "bool-from-text", "str-from-int"],
+)
+def test_feedback_labels_are_cast_to_the_targets_type(
+    tmp_path: Path, target: pa.Array, labels: pa.Array, want: list[Any], refused: str | None
+) -> None:
+    from loopline.loop import apply_feedback_labels
+
+    (tmp_path / "loopline.yaml").write_text(CLASSIFIER)
+    p = load_project(tmp_path, "dev")
+    store = DeltaStore(p.storage_root)
+    store.append("features", labelled_features(target))
+    store.append("feedback", feedback_rows([0, 1], labels))
+    report: list[str] = []
+    n = apply_feedback_labels(p, store, report)
+    got = dict(zip(*store.read("features", columns=["id", "label"]).to_pydict().values(), strict=True))
+    assert [got[i] for i in range(3)] == want
+    assert store.schema("features").field("label").type == target.type
+    if refused is None:
+        assert n == 2 and report == []
+    else:
+        assert n == 1
+        assert report == [f"1 feedback label(s) could not be cast to the features table's types: label {refused} (1)"]
+
+
+def test_feedback_keys_sent_as_text_still_match(tmp_path: Path) -> None:
+    from loopline.loop import apply_feedback_labels
+
+    (tmp_path / "loopline.yaml").write_text(CLASSIFIER)
+    p = load_project(tmp_path, "dev")
+    store = DeltaStore(p.storage_root)
+    store.append("features", labelled_features(pa.array([0, 0, 0], pa.int64())))
+    store.append("feedback", feedback_rows(["2", "x"], pa.array([1, 1], pa.int64())))
+    report: list[str] = []
+    assert apply_feedback_labels(p, store, report) == 1
+    got = dict(zip(*store.read("features", columns=["id", "label"]).to_pydict().values(), strict=True))
+    assert got == {0: 0, 1: 0, 2: 1}
+    assert report == ["1 feedback label(s) could not be cast to the features table's types: key 'x' (type int64) (1)"]
+
+
+def test_always_trigger_retrains_only_with_new_labels(project: Project) -> None:
+    """`always` retrains every turn, but not without labelled rows the champion has not trained on."""
+    from loopline.loop import loop
+
+    text = (project.root / "loopline.yaml").read_text()
+    text = text.replace("triggers: [drift, performance]", "triggers: [always], min_new_labels: 50")
+    (project.root / "loopline.yaml").write_text(text)
+    p = load_project(project.root, "dev")
+    t0 = datetime.now(UTC) - timedelta(seconds=1)
+    idle = loop(p, since=t0)
+    assert idle.triggers == ["always"] and idle.action == "no action: too few new labels"
+    store = DeltaStore(p.storage_root)
+    skipped = next(
+        r for r in store.read("decisions").to_pylist() if r["loop_id"] == idle.loop_id and r["step"] == "retrain"
+    )
+    assert json.loads(skipped["reasons"]) == [
+        "0 labelled row(s) arrived since champion v1 was trained (retraining.min_new_labels: 50)"
+    ]
+    store.append("features", features("b1", 600, 120, 0.0, 5))  # 120 newer labelled rows
+    turn = loop(p, since=t0)
+    assert turn.candidate_version == "2", turn.action

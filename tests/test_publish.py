@@ -115,3 +115,29 @@ def test_cli_publish(scored: Project, pg_url: str) -> None:
     assert len(_rows(pg_url, "preds")) == 300
     bad = run_cli("publish", "predictions", "--to", "postgresql://nobody@127.0.0.1:1/x", "--project", str(scored.root))
     assert bad.returncode == 1 and "cannot connect to PostgreSQL at postgresql://nobody@127.0.0.1:1/x" in bad.stderr
+
+
+def test_classifier_predictions_publish_typed_labels_and_probabilities(tmp_path: Path, pg_url: str) -> None:
+    """Text labels stay text, probability is a double, the per-class probabilities a jsonb object."""
+    import psycopg
+
+    from loopline.batch import score
+    from loopline.publish import publish
+    from test_batch import train_classifier
+
+    project, _, _ = train_classifier(tmp_path, "str-multiclass")
+    score(project, batch_id="all")
+    assert publish(project, to=pg_url).inserted == 600
+    snapshot = DeltaStore(project.storage_root).read("predictions").sort_by("id")
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT prediction, probability, probabilities FROM predictions ORDER BY id").fetchall()
+        kinds = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'predictions'"
+            ).fetchall()
+        )
+    assert (kinds["prediction"], kinds["probability"], kinds["probabilities"]) == ("text", "double precision", "jsonb")
+    assert [r[0] for r in rows] == snapshot["prediction"].to_pylist()
+    assert [r[1] for r in rows] == snapshot["probability"].to_pylist()
+    assert rows[0][2] == dict(snapshot["probabilities"][0].as_py())
+    assert publish(project, to=pg_url).updated == 0  # idempotent with jsonb too

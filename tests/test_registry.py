@@ -22,7 +22,7 @@ def champion(p: Project) -> str | None:
 
 def test_promote_refuse_force_rollback_retire_with_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOOPLINE_ACTOR", "alice")
-    p = make_project(tmp_path)
+    p = make_project(tmp_path, {"training": {"refit": False}})
     with pytest.raises(RegistryError, match=r"registered model 'dev.demo' has no @challenger to promote"):
         registry.promote(p)
     with pytest.raises(RegistryError, match=r"registered model 'dev.demo' has no @champion"):

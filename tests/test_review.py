@@ -205,3 +205,166 @@ def test_review_cli_list_label_and_errors(seeded: Project) -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert [i["request_id"] for i in data["items"]] == ["r3", "r2"] and data["already_labelled"] == 3
+
+
+# ----------------------------------------------------------------------------- classifiers: typed labels, probability
+CLASSIFIER = "  task: classification\n"
+
+
+def _classifier(project_dir: Path) -> Project:
+    yaml = (project_dir / "loopline.yaml").read_text().replace("  target: y\n", "  target: y\n" + CLASSIFIER)
+    (project_dir / "loopline.yaml").write_text(yaml)
+    return load_project(project_dir, "dev")
+
+
+def probability_log(probability: list[float], labels: list[Any], label_type: pa.DataType) -> pa.Table:
+    """inference_log rows in the column contract: typed prediction, probability, probabilities (every class)."""
+    n = len(probability)
+    classes = sorted(set(labels), key=str)
+    maps = [
+        [(c, (p if c == labels[i] else (1 - p) / (len(classes) - 1))) for c in classes]
+        for i, p in enumerate(probability)
+    ]
+    log = inference_log([(f"q{i}", None, i) for i in range(n)])
+    log = log.set_column(log.column_names.index("prediction"), "prediction", pa.array(labels, label_type))
+    return log.append_column("probability", pa.array(probability)).append_column(
+        "probabilities", pa.array(maps, pa.map_(label_type, pa.float64()))
+    )
+
+
+def test_review_low_confidence_from_the_probability_column(tmp_path: Path, project_dir: Path) -> None:
+    # binary: probability = P(positive), confidence = max(p, 1 - p)
+    p = _classifier(project_dir)
+    log = probability_log([0.5, 0.9, 0.1, 0.35], [1, 1, 0, 0], pa.int64())
+    log = log.set_column(log.column_names.index("probability"), "probability", pa.array([0.5, 0.9, 0.1, 0.35]))
+    DeltaStore(p.storage_root).append("inference_log", log)
+    got = {f.request_id: (f.reason, f.confidence) for f in flagged(p, min_confidence=0.6).items}
+    assert got == {"q0": ("confidence 0.5 < 0.6 (probability 0.5)", 0.5)}
+    assert {f.request_id for f in flagged(p, min_confidence=0.7).items} == {"q0", "q3"}  # 0.65 < 0.7
+
+    # multiclass: probability = P(predicted label) is the confidence
+    other = tmp_path / "multi"
+    other.mkdir()
+    (other / "loopline.yaml").write_text((project_dir / "loopline.yaml").read_text())
+    pm = load_project(other, "dev")
+    DeltaStore(pm.storage_root).append("inference_log", probability_log([0.5, 0.9, 0.34], ["a", "b", "c"], pa.string()))
+    result = flagged(pm, min_confidence=0.6)
+    assert {f.request_id: f.reason for f in result.items} == {
+        "q0": "confidence 0.5 < 0.6 (probability 0.5)",
+        "q2": "confidence 0.34 < 0.6 (probability 0.34)",
+    }
+    assert json.loads(json.dumps(result.to_dict()))["items"][0]["confidence"] == 0.34  # newest first
+
+
+@pytest.mark.parametrize(
+    ("spec", "typed", "given", "want", "unknown"),
+    [
+        (
+            {"label_type": "int", "classes": [0, 1], "positive_label": 1},
+            pa.int64(),
+            "1",
+            1,
+            r"--label 'maybe' is not a number; the model's classes are \[0, 1\] \(label type int\)",
+        ),
+        (
+            {"label_type": "bool", "classes": [False, True], "positive_label": True},
+            pa.bool_(),
+            "TRUE",
+            True,
+            r"--label 'maybe' is not a boolean label \(true/false\); the model's classes are \[False, True\]",
+        ),
+        (
+            {"label_type": "str", "classes": ["no", "yes"], "positive_label": "yes"},
+            pa.string(),
+            " yes",
+            "yes",
+            r"--label 'maybe' is not one of the model's classes \['no', 'yes'\] \(label type str\)",
+        ),
+    ],
+    ids=["int", "bool", "str"],
+)
+def test_review_label_is_parsed_with_the_champions_label_contract(
+    project_dir: Path,
+    registry_template: dict[str, Any],
+    spec: dict[str, Any],
+    typed: pa.DataType,
+    given: str,
+    want: Any,
+    unknown: str,
+) -> None:
+    from loopline import tracking
+
+    _classifier(project_dir)
+    p = with_registry(project_dir, registry_template)
+    c = tracking.client(p)
+    c.set_registered_model_alias("dev.demo", "champion", "1")
+    c.set_tag(registry_template["run_ids"][0], "loopline.label", json.dumps({"task": "classification", **spec}))
+    store = DeltaStore(p.storage_root)
+    preds = predictions([1, 2], [0.0, 0.0], [False, False])
+    store.append("predictions", preds.set_column(1, "prediction", pa.array(spec["classes"], typed)))
+
+    with pytest.raises(ReviewError, match=unknown):
+        label(p, "maybe", keys=["id=1"])
+    assert not store.exists("feedback"), "nothing is stored for a refused label"
+    res = label(p, given, keys=["id=1"])
+    assert res.row["label"] == want and type(res.row["label"]) is type(want)
+    assert store.schema("feedback").field("label").type == typed
+
+    out = run_cli("review", "label", "--project", str(project_dir), "--key", "id=2", "--label", "maybe")
+    assert out.returncode == 1 and "'maybe' is not" in out.stderr and str(spec["classes"]) in out.stderr
+    assert store.read("feedback").num_rows == 1
+
+
+def test_review_label_keeps_an_older_text_feedback_table_readable(
+    project_dir: Path, registry_template: dict[str, Any]
+) -> None:
+    """An int label appended to a feedback table whose label column is text (written before typed labels)."""
+    from loopline import tracking
+
+    _classifier(project_dir)
+    p = with_registry(project_dir, registry_template)
+    tracking.client(p).set_registered_model_alias("dev.demo", "champion", "1")
+    spec = {"task": "classification", "label_type": "int", "classes": [0, 1], "positive_label": 1}
+    tracking.client(p).set_tag(registry_template["run_ids"][0], "loopline.label", json.dumps(spec))
+    store = DeltaStore(p.storage_root)
+    store.append("predictions", predictions([1], [0.0], [False]).set_column(1, "prediction", pa.array([1])))
+    old = feedback([None], [1]).set_column(2, "label", pa.array(["0"]))
+    store.append("feedback", old)
+    res = label(p, 1.0, keys=["id=1"])
+    assert res.row["label"] == "1" and sorted(store.read("feedback").column("label").to_pylist()) == ["0", "1"]
+
+
+def test_review_of_a_trained_classifier_end_to_end(tmp_path: Path) -> None:
+    """A bool classifier trained and promoted by loopline: low-confidence rows listed, the expert's label parsed
+    with its label contract and stored as a bool, then folded into the features' bool target by the loop."""
+    from _lifecycle import features_table, make_project
+    from loopline import registry
+    from loopline.loop import apply_feedback_labels
+    from loopline.training import train
+
+    p = make_project(
+        tmp_path,
+        {
+            "model": {"task": "classification", "target": "label"},
+            "training": {"estimator": None, "params": {"max_iter": 5}},
+            "gate": None,
+        },
+    )
+    store = DeltaStore(p.storage_root)
+    t = features_table()
+    store.overwrite("features", t.drop(["y"]).append_column("label", [pa.array(t.column("y").to_numpy() > 7.5)]))
+    r = train(p)
+    assert r.gate.passed, r.gate.failed_rules
+    registry.promote(p)
+    log = probability_log([0.55, 0.97, 0.02], [True, True, False], pa.bool_())
+    store.append("inference_log", log.drop(["probabilities"]))  # binary-ness from the champion's contract
+    assert [f.request_id for f in flagged(p).items] == ["q0"]
+    with pytest.raises(ReviewError, match=r"--label 'perhaps' is not a boolean label .* classes are \[False, True\]"):
+        label(p, "perhaps", request_id="q0")
+    res = label(p, "false", request_id="q0")
+    assert res.row["label"] is False and res.row["id"] == 0
+    assert store.schema("feedback").field("label").type == pa.bool_()
+    assert apply_feedback_labels(p, store) == 1
+    after = store.read("features", columns=["id", "label"]).to_pydict()
+    assert after["label"][after["id"].index(0)] is False
+    assert store.schema("features").field("label").type == pa.bool_()

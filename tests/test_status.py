@@ -203,7 +203,10 @@ def test_status_reports_models_runs_monitoring_and_tables(project_dir: Path, reg
     m = report.monitoring
     assert m is not None and m.checked_at == t0 + timedelta(days=1) and m.rows == 4
     assert m.verdict == "breach"
-    assert m.breaches == [{"kind": "drift", "feature": "x", "slice": None, "value": 0.5, "threshold": 0.2}]
+    assert m.breaches == [
+        {"kind": "drift", "feature": "x", "slice": None, "statistic": "psi", "value": 0.5, "threshold": 0.2}
+    ]
+    assert m.per_class == {}  # a regression check has no per-class rows
     assert m.kinds == {"drift": "breach", "dataset_drift": "ok", "performance": "no_data"}
     sizes = {t.name: t.rows for t in report.tables}
     assert sizes == {"monitoring": 5, "runs": 3}
@@ -271,3 +274,101 @@ def test_set_needs_review_creates_the_registered_model(project_dir: Path, regist
     set_needs_review(p, "manual hold")
     assert needs_review(p) == "manual hold"
     assert client(p).get_registered_model("prod.demo").name == "prod.demo"
+
+
+# ----------------------------------------------------------------------------- classifiers: per-class views
+def per_class_rows(checked_at: datetime) -> pa.Table:
+    """What the monitor writes for a bool classifier: per-class statistics and the confusion matrix's cells."""
+    base = {
+        "checked_at": checked_at,
+        "window_start": checked_at - timedelta(days=7),
+        "window_end": checked_at,
+        "model_version": "1",
+        "kind": "performance",
+        "threshold": None,
+        "verdict": "ok",
+        "n_reference": 0,
+        "n_current": 0,
+    }
+    rows = [{**base, "feature": "f1", "slice": None, "statistic": "f1", "value": 0.5, "threshold": 0.7}]
+    values = {
+        "false": {"precision": 0.9, "recall": 0.95, "f1": 0.92, "support": 80.0},
+        "true": {"precision": 0.6, "recall": 0.3, "f1": 0.4, "support": 20.0},
+    }
+    for label, stats in values.items():
+        for stat, value in stats.items():
+            breach = label == "true" and stat == "recall"
+            rows.append(
+                {
+                    **base,
+                    "feature": "per_class",
+                    "slice": f"class={label}",
+                    "statistic": stat,
+                    "value": value,
+                    "threshold": 0.6 if breach else None,
+                    "verdict": "breach" if breach else "ok",
+                }
+            )
+    for true, pred, count in (("false", "false", 76), ("false", "true", 4), ("true", "false", 14), ("true", "true", 6)):
+        rows.append(
+            {
+                **base,
+                "feature": "confusion_matrix",
+                "slice": f"class={true}",
+                "statistic": f"predicted={pred}",
+                "value": float(count),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=MONITORING_SCHEMA)
+
+
+def test_status_shows_per_class_views_of_a_classifier(project_dir: Path, registry_template: dict[str, Any]) -> None:
+    from loopline.status import status
+
+    p = with_registry(project_dir, registry_template)
+    c = client(p)
+    c.set_registered_model_alias(MODEL, "champion", "1")
+    gate_view = {
+        "classes": [False, True],
+        "precision": [0.93, 0.8],
+        "recall": [0.96, 0.7],
+        "f1": [0.94, 0.75],
+        "support": [40, 10],
+        "confusion_matrix": [[38, 2], [3, 7]],
+    }
+    c.set_model_version_tag(MODEL, "1", "loopline.gate.per_class", json.dumps(gate_view))
+    c.set_model_version_tag(MODEL, "1", "loopline.gate.candidate.f1", "0.75")
+    DeltaStore(p.storage_root).append("monitoring", per_class_rows(datetime(2026, 1, 2, tzinfo=UTC)))
+
+    report = status(p)
+    assert report.champion is not None and report.champion.per_class == gate_view
+    m = report.monitoring
+    assert m is not None
+    assert m.per_class == {
+        "classes": ["false", "true"],
+        "precision": [0.9, 0.6],
+        "recall": [0.95, 0.3],
+        "f1": [0.92, 0.4],
+        "support": [80, 20],
+        "verdicts": {"precision": ["ok", "ok"], "recall": ["ok", "breach"], "f1": ["ok", "ok"]},
+        "confusion_matrix": [[76, 4], [14, 6]],
+    }
+    assert m.kinds == {"performance": "breach"}  # the per-class recall row breached
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["champion"]["per_class"]["classes"] == [False, True]
+    assert d["monitoring"]["per_class"]["confusion_matrix"] == [[76, 4], [14, 6]]
+
+    out = run_cli("status", "--project", str(project_dir))
+    assert out.returncode == 0, out.stderr
+    assert "champion v1 per class (gate): false P=0.93 R=0.96 F1=0.94 n=40 · true P=0.80 R=0.70 F1=0.75 n=10" in (
+        out.stdout
+    )
+    assert "per class (window): false P=0.90 R=0.95 F1=0.92 n=80 · true P=0.60 R=0.30 F1=0.40 n=20" in out.stdout
+    assert "breach performance: per_class [class=true] recall = 0.3 (threshold 0.6)" in out.stdout
+    out = run_cli("status", "--project", str(project_dir), "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["monitoring"]["per_class"]["recall"] == [0.95, 0.3] and data["champion"]["per_class"]["support"] == [
+        40,
+        10,
+    ]

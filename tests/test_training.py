@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import pytest
@@ -22,8 +23,12 @@ def test_train_records_everything_and_passes_the_gate_without_champion(tmp_path:
     r = train(p)
     assert r.version == "1" and r.model == "dev.demo" and r.features_version == 0
     assert (r.n_train, r.n_valid, r.n_test) == (240, 80, 80)
-    assert r.gate.passed and r.gate.champion_version is None
-    assert r.gate.notes == ["no champion yet: only absolute thresholds applied"]
+    assert r.gate.passed and r.gate.champion_version is None and r.refit
+    assert r.gate.notes == [
+        "metrics of the evaluated candidate (trained without these 80 rows); registered v1 is its refit on every "
+        "labelled row",
+        "no champion yet: only absolute thresholds applied",
+    ]
     c = tracking.client(p)
     assert str(c.get_model_version_by_alias("dev.demo", "challenger").version) == "1"
 
@@ -50,6 +55,13 @@ def test_train_records_everything_and_passes_the_gate_without_champion(tmp_path:
         assert m in metrics
     assert metrics["test_mae"] == pytest.approx(r.gate.candidate_metrics["mae"])
     assert run.info.experiment_id == c.get_experiment_by_name("/demo/dev").experiment_id
+    # the registered model is the refit on all 400 labelled rows; the evaluated candidate is a linked nested run
+    assert tags["loopline.refit"] == "true" and tags["loopline.trained_rows"] == "400"
+    assert tags["loopline.trained_until"].startswith("2024-01-17T15:00:00")  # the newest row's event time
+    evaluated = c.get_run(tags["loopline.evaluation_run_id"])
+    assert evaluated.data.tags["loopline.refit_run_id"] == r.run_id
+    assert evaluated.data.tags["loopline.trained_rows"] == "320"  # training + validation rows
+    assert evaluated.data.metrics["test_mae"] == pytest.approx(metrics["test_mae"])
 
     (ds_input,) = run.inputs.dataset_inputs
     assert ds_input.dataset.source_type == "delta_table"
@@ -126,7 +138,7 @@ def test_split_random_is_seeded_and_time_split_puts_latest_rows_in_test() -> Non
     a = split_frame(df, SplitConfig(method="random", seed=3), None, "f")[2]
     b = split_frame(df, SplitConfig(method="random", seed=3), None, "f")[2]
     assert a["id"].tolist() == b["id"].tolist()
-    with pytest.raises(TrainingError, match=r"has 2 row"):
+    with pytest.raises(TrainingError, match=r"has 2 labelled row\(s\); a train/validation/test split needs at least 3"):
         split_frame(df.head(2), SplitConfig(), None, "f")
 
 
@@ -144,7 +156,9 @@ def test_optuna_search_logs_nested_trials_and_refits_best(tmp_path: Path) -> Non
     c = tracking.client(p)
     exp = c.get_experiment_by_name("/demo/dev").experiment_id
     children = c.search_runs([exp], f"tags.mlflow.parentRunId = '{r.run_id}'")
-    assert len(children) == 3 and all("valid_mae" in ch.data.metrics for ch in children)
+    assert sorted(ch.info.run_name for ch in children) == ["evaluated-candidate", "trial-0", "trial-1", "trial-2"]
+    children = [ch for ch in children if ch.info.run_name.startswith("trial-")]
+    assert all("valid_mae" in ch.data.metrics for ch in children)
     best = min(children, key=lambda ch: ch.data.metrics["valid_mae"])
     assert c.get_run(r.run_id).data.params["max_iter"] == best.data.params["max_iter"]
 
@@ -207,7 +221,7 @@ def test_cli_train_promote_and_gate_refusal_exit_code(tmp_path: Path) -> None:
 
     _register()
     runner = CliRunner()
-    make_project(tmp_path)
+    make_project(tmp_path, {"training": {"refit": False}})  # the same rows twice: compare like with like
     first = runner.invoke(app, ["run", "train", "--project", str(tmp_path), "--env", "dev"])
     assert first.exit_code == 0, first.output
     assert "version 1" in first.output and "gate verdict: passed" in first.output
@@ -219,13 +233,11 @@ def test_cli_train_promote_and_gate_refusal_exit_code(tmp_path: Path) -> None:
     assert again.returncode == 4, again.stderr
     data = json.loads(again.stdout)
     assert data["version"] == "2" and data["gate"]["verdict"] == "failed"
-    assert data["gate"]["failed_rules"][0].startswith("min_improvement.mae: candidate mae")
+    rules = data["gate"]["failed_rules"]
+    assert any(r.startswith("min_improvement.mae: candidate mae ") for r in rules), rules
     refused = runner.invoke(app, ["promote", "--version", "2", "--project", str(tmp_path)])
     assert isinstance(refused.exception, RegistryError)
-    assert (
-        "version 2 of dev.demo has not passed the gate (verdict: failed; failed rules: min_improvement.mae"
-        in refused.exception.message
-    )
+    assert "version 2 of dev.demo has not passed the gate (verdict: failed; failed rules: " in refused.exception.message
     hist = runner.invoke(app, ["history", "--project", str(tmp_path), "--json"])
     rows = json.loads(hist.output)
     assert [(r["action"], r["to_version"]) for r in rows] == [("promote", "1")]
@@ -233,3 +245,104 @@ def test_cli_train_promote_and_gate_refusal_exit_code(tmp_path: Path) -> None:
     assert "registry history: dev.demo" in table.output and "promote" in table.output
     c = tracking.client(make_project.__globals__["load_project"](tmp_path, "dev"))
     assert str(c.get_model_version_by_alias("dev.demo", "champion").version) == "1"
+
+
+def _classification_project(tmp_path: Path, overrides: dict[str, Any], n: int = 800, unlabelled: int = 0) -> Any:
+    """A binary text-label project ("no"/"yes", positive "yes"); ``unlabelled`` rows have a null target."""
+    import numpy as np
+    import pyarrow as pa
+
+    from _lifecycle import features_table
+    from loopline.tables import DeltaStore
+
+    base = {
+        "model": {"task": "classification", "target": "label", "positive_label": "yes"},
+        "training": {"estimator": None, "params": {"max_iter": 20, "random_state": 0}},
+        "gate": {"thresholds": None, "min_improvement": None, "prediction_range": None},
+    }
+    p = make_project(tmp_path, _deep(base, overrides))
+    t = features_table(n=n)
+    rng = np.random.default_rng(0)
+    score = t.column("y").to_numpy() + rng.normal(0, 2.0, n)
+    label = np.where(score > 9.0, "yes", "no").astype(object)
+    label[n - unlabelled :] = None  # the newest labels have not arrived
+    DeltaStore(p.storage_root).overwrite("features", t.drop(["y"]).append_column("label", pa.array(label.tolist())))
+    return p
+
+
+def _deep(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("optimise", ["f1", "youden", "cost"])
+def test_threshold_chosen_on_validation_rows_is_what_the_model_predicts_with(tmp_path: Path, optimise: str) -> None:
+    from loopline import runtime
+    from loopline.labels import from_config
+
+    gate = {"threshold": {"optimise": optimise, "cost": {"fp": 1.0, "fn": 5.0}}}
+    p = _classification_project(tmp_path, {"gate": gate})
+    r = train(p)
+    threshold = r.label["threshold"]
+    assert 0.0 < threshold < 1.0 and r.label["positive_label"] == "yes"
+    rt = runtime.load(r.model_uri, from_config(p.config.model))
+    assert rt.spec.threshold == threshold
+    frame = _features_frame(p)
+    out = rt.predict_frame(frame)
+    pos = list(rt.spec.classes).index("yes")
+    expected = ["yes" if q >= threshold else "no" for q in out.proba[:, pos]]  # type: ignore[index]
+    assert out.predictions.tolist() == expected
+    # the registered sklearn model applies the same threshold: MLflow users get the same labels
+    assert rt.pyfunc.predict(frame[rt.signature.names]).tolist() == expected
+    if optimise == "cost":  # false negatives cost 5x: a threshold below 0.5 catches more positives
+        assert threshold < 0.5
+
+
+def test_fixed_threshold_and_calibration(tmp_path: Path) -> None:
+    import numpy as np
+
+    p = _classification_project(tmp_path / "a", {"model": {"threshold": 0.3}, "training": {"calibrate": "isotonic"}})
+    r = train(p)
+    assert r.label["threshold"] == 0.3 and r.gate.passed
+    from loopline import tracking
+
+    model = tracking.load_model(r.model_uri).get_raw_model()
+    assert type(model).__name__ == "FixedThresholdClassifier"
+    inner = model.estimator_.estimator  # FrozenEstimator -> the calibrated refit
+    assert type(inner).__name__ == "CalibratedClassifierCV"
+    proba = model.predict_proba(_features_frame(p)[["x1", "x2", "x3"]])[:, 1]
+    assert np.all((proba >= 0) & (proba <= 1))
+
+
+def test_rows_without_a_label_are_left_out_and_counted(tmp_path: Path) -> None:
+    p = _classification_project(tmp_path, {}, unlabelled=50)
+    r = train(p)
+    assert r.n_unlabelled == 50 and r.n_train + r.n_valid + r.n_test == 750
+    assert "50 row(s) without a label (target null) were left out" in r.notes
+    run = tracking.client(p).get_run(r.run_id)
+    assert run.data.tags["loopline.unlabelled_rows"] == "50" and run.data.tags["loopline.trained_rows"] == "750"
+
+
+def test_classification_config_errors_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model.threshold must be a number < 1.0, got 1.5"):
+        make_project(tmp_path / "a", {"model": {"task": "classification", "threshold": 1.5}})
+    with pytest.raises(ConfigError, match=r"model.threshold is only for model.task: classification \(got 0.4\)"):
+        make_project(tmp_path / "b", {"model": {"threshold": 0.4}})
+    with pytest.raises(ConfigError, match=r"model.threshold and gate.threshold both set the decision threshold"):
+        make_project(
+            tmp_path / "c",
+            {"model": {"task": "classification", "threshold": 0.4}, "gate": {"threshold": {"optimise": "f1"}}},
+        )
+    with pytest.raises(ConfigError, match=r"gate.prediction_range is the range of the `probability` column"):
+        make_project(tmp_path / "d", {"model": {"task": "classification"}, "gate": {"thresholds": None}})
+    p = _classification_project(tmp_path / "e", {"model": {"positive_label": "maybe"}})
+    with pytest.raises(ConfigError, match=r"model.positive_label: 'maybe' is not one of the model's classes"):
+        train(p)
+
+
+def _features_frame(p: Any) -> Any:
+    from loopline.tables import DeltaStore
+
+    return DeltaStore(p.storage_root).read("features").to_pandas()

@@ -29,9 +29,9 @@ from loopline.errors import BatchError, LooplineError, TableError
 from loopline.tables import DeltaStore, batches
 
 if TYPE_CHECKING:
-    from mlflow.pyfunc import PyFuncModel
-
     from loopline.config import Project
+    from loopline.labels import LabelSpec
+    from loopline.runtime import ModelRuntime, Output
 
 PREDICTIONS = "predictions"
 ProgressFn = Callable[[int, int | None], None]
@@ -78,13 +78,17 @@ class BatchResult:
 
 @dataclass
 class Champion:
-    """The model version holding ``@champion``, loaded once."""
+    """The model version holding ``@champion``, loaded once (the runtime serving and the gate use too)."""
 
     name: str
     version: str
     run_id: str
     uri: str
-    model: PyFuncModel
+    runtime: ModelRuntime
+
+    @property
+    def spec(self) -> LabelSpec:
+        return self.runtime.spec
 
 
 @dataclass(frozen=True)
@@ -109,34 +113,38 @@ class InputStream:
 # ----------------------------------------------------------------------------- model
 def load_champion(project: Project) -> Champion:
     """Resolve ``models:/<registered>@champion`` to a version and load exactly that version."""
-    from loopline import tracking
+    from loopline import runtime, tracking
+    from loopline.labels import from_config
 
     mv = tracking.require_champion(project)  # RegistryError naming the model when there is none
     uri = f"models:/{mv.name}/{mv.version}"  # pinned: an alias moved mid-job cannot mix two versions
     try:
-        model = tracking.load_model(uri)
-    except Exception as exc:
+        rt = runtime.load(
+            uri, from_config(project.config.model), name=mv.name, version=str(mv.version), run_id=mv.run_id or ""
+        )
+    except runtime.RuntimeLoadError as exc:
         raise BatchError(
             f"cannot load the champion {mv.name} version {mv.version} ({tracking.model_uri(project)}): {exc}",
             hint="check the model's artifacts and that its flavor's library is installed",
         ) from exc
-    return Champion(name=mv.name, version=str(mv.version), run_id=mv.run_id or "", uri=uri, model=model)
+    return Champion(name=mv.name, version=str(mv.version), run_id=mv.run_id or "", uri=uri, runtime=rt)
 
 
-def model_inputs(project: Project, model: PyFuncModel, available: list[str]) -> ModelInputs:
+def model_inputs(project: Project, rt: ModelRuntime, available: list[str]) -> ModelInputs:
     """Input columns from the model signature (column-based), else from ``model.features`` / the table."""
-    schema = model.metadata.get_input_schema()
-    if schema is not None and schema.has_input_names() and not schema.is_tensor_spec():
-        types: dict[str, str | None] = {}
-        optional = set()
-        for spec in schema.inputs:
-            name = spec.name
-            t = getattr(spec.type, "name", None)
-            types[name] = t if t in _ACCEPTS else None
-            if not getattr(spec, "required", True):
-                optional.add(name)
-        return ModelInputs(list(types), types, frozenset(optional))
+    if rt.signature.columns:
+        types = {c.name: (c.kind if c.kind in _ACCEPTS else None) for c in rt.signature.columns}
+        optional = frozenset(c.name for c in rt.signature.columns if not c.required)
+        return ModelInputs(list(types), types, optional)
     return ModelInputs(project.config.model.input_columns(available))
+
+
+def carried(project: Project, schema: pa.Schema) -> list[str]:
+    """Columns copied into ``predictions`` beside the output: ``model.keys``, then ``model.time_column``
+    when the input has it (monitoring windows on event time use it)."""
+    keys = list(project.config.model.keys)
+    tc = project.config.model.time_column
+    return keys + ([tc] if tc and tc not in keys and tc in schema.names else [])
 
 
 def check_schema(schema: pa.Schema, inputs: ModelInputs, keys: list[str], where: str) -> list[str]:
@@ -201,55 +209,40 @@ def _model_frame_columns(batch: pa.RecordBatch, inputs: ModelInputs, where: str)
 
 
 class Predictor:
-    """Predicts one Arrow record batch; uses the raw scikit-learn model on numpy when that is identical.
-
-    The ``mlflow.sklearn`` pyfunc wrapper calls ``sklearn_model.predict(DataFrame)``; with all inputs
-    double the estimator turns that DataFrame into a column-major float64 matrix. The fast path builds
-    the same matrix (same values, same Fortran layout, so BLAS sums in the same order) straight from
-    Arrow: bit-identical predictions without the pandas conversion and MLflow's schema enforcement.
-    """
+    """Predicts one Arrow record batch through the champion's runtime (labels and, for classifiers,
+    probabilities), on the fastest path the runtime verified at load (a float64 matrix for numeric
+    inputs, a DataFrame for models that encode text columns, else the pyfunc)."""
 
     def __init__(self, champion: Champion, inputs: ModelInputs, where: str, fast: bool = True) -> None:
-        self.model = champion.model
+        import dataclasses
+
+        rt = champion.runtime
+        if not fast and rt.path != "pyfunc":
+            rt = dataclasses.replace(rt, path="pyfunc", estimator=None, compiled=False)
+        self.runtime = rt
         self.inputs = inputs
         self.where = where
-        self.raw: Any = self._raw_model() if fast else None
 
     @property
     def fast(self) -> bool:
-        return self.raw is not None
+        return self.runtime.fast
 
-    def _raw_model(self) -> Any:
-        meta = self.model.metadata
-        conf = meta.flavors.get("python_function", {})
-        if conf.get("loader_module") != "mlflow.sklearn" or conf.get("predict_fn", "predict") != "predict":
-            return None
-        if not self.inputs.types or any(t != "double" for t in self.inputs.types.values()) or self.inputs.optional:
-            return None
-        try:
-            return self.model.get_raw_model()
-        except Exception:
-            return None
+    def __call__(self, batch: pa.RecordBatch) -> Output:
+        from loopline.runtime import NonNumericOutput, OutputShapeError
 
-    def __call__(self, batch: pa.RecordBatch) -> np.ndarray:
         cols = _model_frame_columns(batch, self.inputs, self.where)
         n = batch.num_rows
+        arrays = {c: a.to_numpy(zero_copy_only=False) for c, a in cols.items()}
         try:
-            if self.raw is not None:
-                x = np.empty((n, len(cols)), dtype=np.float64, order="F")  # the layout pandas hands sklearn
-                for j, col in enumerate(cols.values()):
-                    x[:, j] = col.to_numpy(zero_copy_only=False)
-                pred = self.raw.predict(x)  # "X does not have valid feature names" is silenced by score()
-            else:
-                frame = pa.table(cols).to_pandas()
-                pred = self.model.predict(frame)
+            return self.runtime.predict(arrays, n)
+        except (OutputShapeError, NonNumericOutput) as exc:
+            raise BatchError(f"{exc} (batch of {n} rows from {self.where})") from None
         except LooplineError:
             raise
         except Exception as exc:
             raise BatchError(
                 f"the model raised on a batch of {n} rows from {self.where}: {type(exc).__name__}: {exc}"
             ) from exc
-        return _as_1d(pred, n)
 
 
 def workers() -> int:
@@ -262,10 +255,10 @@ def workers() -> int:
 
 def predict_stream(
     predict: Predictor, source: Iterable[pa.RecordBatch], threads: int | None = None
-) -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
+) -> Iterator[tuple[pa.RecordBatch, Output]]:
     """(batch, predictions) in input order.
 
-    On the fast path the raw scikit-learn model predicts several batches at once, one thread each,
+    On the fast (matrix) path the estimator predicts several batches at once, one thread each,
     with OpenMP limited to one thread per call (the results are the same: each row is predicted by
     the same code). Many short OpenMP parallel regions per batch (one per tree in gradient boosting)
     stall whenever one of their threads is descheduled; whole batches per thread do not, and they
@@ -281,7 +274,7 @@ def predict_stream(
 
     from threadpoolctl import threadpool_limits
 
-    pending: deque[tuple[pa.RecordBatch, Future[np.ndarray]]] = deque()
+    pending: deque[tuple[pa.RecordBatch, Future[Output]]] = deque()
     with threadpool_limits(1, user_api="openmp"), ThreadPoolExecutor(threads, "loopline-predict") as pool:
         try:
             for rb in source:
@@ -297,39 +290,23 @@ def predict_stream(
                 fut.cancel()
 
 
-def _as_1d(pred: Any, n: int) -> np.ndarray:
-    import pandas as pd
-
-    if isinstance(pred, pd.DataFrame):
-        if pred.shape[1] != 1:
-            raise BatchError(f"the model returned {pred.shape[1]} columns {list(pred.columns)}; expected one")
-        pred = pred.iloc[:, 0]
-    if isinstance(pred, pd.Series):
-        pred = pred.to_numpy()
-    arr = np.asarray(pred)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise BatchError(f"the model returned predictions of shape {arr.shape} for {n} rows; expected ({n},)")
-    return arr
-
-
 # ----------------------------------------------------------------------------- rows
 class RowBuilder:
-    """Turns (key columns, predictions) into ``predictions`` rows of the contract's schema."""
+    """Turns (key columns, model output) into ``predictions`` rows of the contract's schema: the label in
+    the target's own type and, for classifiers, ``probability`` and ``probabilities`` (docs/contracts.md)."""
 
     def __init__(
         self, project: Project, champion: Champion, batch_id: str, key_fields: list[pa.Field], chunk: int
     ) -> None:
-        cfg = project.config
-        self.task = cfg.model.task
+        from loopline.labels import output_fields
+
+        self.spec = champion.spec
         self.keys = [f.name for f in key_fields]
-        self.range = cfg.gate.prediction_range
-        self.pred_type = pa.float64() if self.task == "regression" else pa.string()
+        self.range = project.config.gate.prediction_range
         self.schema = pa.schema(
             [
                 *key_fields,
-                pa.field("prediction", self.pred_type),
+                *output_fields(self.spec),
                 pa.field("model_name", pa.string()),
                 pa.field("model_version", pa.string()),
                 pa.field("run_id", pa.string()),
@@ -356,32 +333,30 @@ class RowBuilder:
             return pa.concat_arrays([arr] * (n // len(arr) + 1)).slice(0, n)
         return arr.slice(0, n)
 
-    def build(self, keys: pa.RecordBatch | pa.Table, pred: np.ndarray) -> pa.RecordBatch:
-        n = len(pred)
-        if self.task == "regression":
-            try:
-                p = np.asarray(pred, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise BatchError(
-                    f"the model returned non-numeric predictions (dtype {np.asarray(pred).dtype}) "
-                    "for a regression model",
-                    hint="set model.task: classification if it predicts labels",
-                ) from None
-            bad = ~np.isfinite(p)
-            if self.range is not None:
-                with np.errstate(invalid="ignore"):
-                    bad |= (p < self.range[0]) | (p > self.range[1])
-            prediction: pa.Array = pa.array(p, pa.float64())
-            flag = pa.array(bad, pa.bool_())
-        else:
-            arr = pred.tolist() if pred.dtype == object else pred
-            prediction = pa.array(arr).cast(pa.string())
-            flag = pa.array(np.zeros(n, dtype=bool), pa.bool_())
+    def _flags(self, out: dict[str, pa.Array]) -> np.ndarray:
+        """Out of range: a non-finite regression prediction or one outside ``gate.prediction_range``; for a
+        classifier the same test on ``probability`` (rows without probabilities are not flagged)."""
+        col = out["probability"] if self.spec.is_classifier else out["prediction"]
+        values = col.to_numpy(zero_copy_only=False).astype(np.float64)
+        present = ~np.isnan(values) if self.spec.is_classifier else np.ones(len(values), dtype=bool)
+        bad = ~np.isfinite(values) & present
+        if self.range is not None:
+            with np.errstate(invalid="ignore"):
+                bad |= (values < self.range[0]) | (values > self.range[1])
+        return bad
+
+    def build(self, keys: pa.RecordBatch | pa.Table, result: Output) -> pa.RecordBatch:
+        from loopline.labels import output_arrays
+
+        n = len(result.predictions)
+        out = output_arrays(self.spec, result.predictions, result.proba)
         cols = [keys.column(k) for k in self.keys]
         cols = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c for c in cols]
         cols = [c.cast(f.type) if not c.type.equals(f.type) else c for c, f in zip(cols, self.schema, strict=False)]
         names = ["model_name", "model_version", "run_id", "scored_at", "_batch_id"]
-        return pa.record_batch([*cols, prediction, *(self._constant(c, n) for c in names), flag], schema=self.schema)
+        flag = pa.array(self._flags(out), pa.bool_())
+        arrays = [*cols, *out.values(), *(self._constant(c, n) for c in names), flag]
+        return pa.record_batch(arrays, schema=self.schema)
 
 
 # ----------------------------------------------------------------------------- input
@@ -502,7 +477,7 @@ def _snapshot_reader(
 
 
 def build_rows(
-    pairs: Iterable[tuple[pa.RecordBatch, np.ndarray]],
+    pairs: Iterable[tuple[pa.RecordBatch, Output]],
     builder: RowBuilder,
     counts: dict[str, int],
     progress: ProgressFn | None,
@@ -605,8 +580,9 @@ def score(
     state: dict[str, ModelInputs] = {}
 
     def columns(schema: pa.Schema, where: str) -> list[str]:
-        state["inputs"] = model_inputs(project, champion.model, schema.names)
-        return check_schema(schema, state["inputs"], cfg.model.keys, where)
+        state["inputs"] = model_inputs(project, champion.runtime, schema.names)
+        wanted = check_schema(schema, state["inputs"], cfg.model.keys, where)
+        return list(dict.fromkeys([*carried(project, schema), *wanted]))
 
     stream = open_input(project, store, columns, input_batch)
     inputs = state["inputs"]
@@ -614,7 +590,7 @@ def score(
     bid = batch_id or default or default_batch_id(project, store, stream.version)
     if not bid.strip():
         raise BatchError("--batch-id must not be empty")
-    key_fields = [stream.reader.schema.field(k) for k in cfg.model.keys]
+    key_fields = [stream.reader.schema.field(k) for k in carried(project, stream.reader.schema)]
     builder = RowBuilder(project, champion, bid, key_fields, cfg.batch.batch_size)
     predict = Predictor(champion, inputs, stream.name, fast=fast)
     source = peek(rechunk(batches(stream.reader), cfg.batch.batch_size), stream.name)

@@ -1,11 +1,13 @@
 """Batch predictions, spark engine: the same job as :mod:`loopline.batch` on Apache Spark.
 
 Spark reads the input (the Parquet files of the pinned Delta snapshot, or the result of
-``batch.query``), predicts with ``mlflow.pyfunc.spark_udf`` on its executors, and writes keys +
-prediction as Parquet to a staging folder. Those files are then streamed, record batch by record
-batch, through the local engine's row builder into ONE ``replace_where`` commit of ``predictions``
-via deltalake, so both engines produce exactly the same table contract, and a failure at any point
-leaves the previous table version untouched.
+``batch.query``); its executors predict with loopline's own model runtime (:mod:`loopline.runtime`,
+the model directory shipped with ``SparkContext.addFile``) through ``mapInArrow``, so labels keep the
+target's type and classifiers give their class probabilities exactly as the local engine and the
+server do; keys + prediction (+ probabilities) are written as Parquet to a staging folder. Those
+files are then streamed, record batch by record batch, through the local engine's row builder into
+ONE ``replace_where`` commit of ``predictions`` via deltalake, so both engines produce exactly the
+same table contract, and a failure at any point leaves the previous table version untouched.
 
 pyspark is imported lazily; without it the engine says ``pip install "loopline[spark]"``. Executors
 need ``PYSPARK_PYTHON`` pointing to an interpreter with loopline installed (set to this one for
@@ -34,6 +36,7 @@ from loopline.batch import (
     ProgressFn,
     RowBuilder,
     build_rows,
+    carried,
     check_schema,
     default_batch_id,
     load_champion,
@@ -45,6 +48,8 @@ from loopline.tables import DeltaStore, run_readonly_sql
 
 if TYPE_CHECKING:
     from loopline.config import Project
+    from loopline.labels import LabelSpec
+    from loopline.runtime import Output
 
 _SPARK_TYPES = {
     "double": "double",
@@ -103,8 +108,10 @@ def _input_frame(
             table = run_readonly_sql(store.sql(), b.query).read_all()
         except LooplineError as exc:
             raise BatchError(f"{where} failed: {exc.message}", hint=exc.hint) from None
-        inputs = model_inputs(project, champion.model, table.schema.names)
-        wanted = check_schema(table.schema, inputs, keys, where)
+        inputs = model_inputs(project, champion.runtime, table.schema.names)
+        wanted = list(
+            dict.fromkeys([*carried(project, table.schema), *check_schema(table.schema, inputs, keys, where)])
+        )
         table = table.select(wanted)
         if table.num_rows == 0:
             raise BatchError(f"{where} has no rows to score", hint="nothing was written; check the query")
@@ -118,8 +125,8 @@ def _input_frame(
     version = int(dt.version())
     where = f"table {b.input!r} (version {version})"
     schema = pa.schema(dt.schema().to_arrow())  # type: ignore[arg-type]
-    inputs = model_inputs(project, champion.model, schema.names)
-    wanted = check_schema(schema, inputs, keys, where)
+    inputs = model_inputs(project, champion.runtime, schema.names)
+    wanted = list(dict.fromkeys([*carried(project, schema), *check_schema(schema, inputs, keys, where)]))
     row_filter = None
     if input_batch is not None:
         if "_batch_id" not in schema.names:
@@ -143,16 +150,60 @@ def _input_frame(
     return frame, inputs, where, version, schema
 
 
+_RUNTIMES: dict[str, Any] = {}  # per executor process: model directory -> loaded runtime
+
+
+def _executor_scorer(model_file: str, spec_json: str, keys: list[str], columns: list[str]) -> Any:
+    """The function ``mapInArrow`` runs on the executors: keys + prediction (+ class probabilities)."""
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import SparkFiles
+
+        from loopline import runtime
+        from loopline.labels import LabelSpec, output_arrays
+
+        path = SparkFiles.get(model_file)
+        if path not in _RUNTIMES:
+            _RUNTIMES[path] = runtime.load(path, LabelSpec.from_dict(__import__("json").loads(spec_json)))
+        rt = _RUNTIMES[path]
+        for rb in batches:
+            if not rb.num_rows:
+                continue
+            arrays = {c: rb.column(c).to_numpy(zero_copy_only=False) for c in columns if c in rb.schema.names}
+            out = rt.predict(arrays, rb.num_rows)
+            cols = [rb.column(k) for k in keys] + [output_arrays(rt.spec, out.predictions, None)["prediction"]]
+            names = [*keys, "prediction"]
+            if rt.spec.is_classifier:
+                k = len(rt.spec.classes)
+                proba = out.proba if out.proba is not None else np.full((rb.num_rows, k), np.nan)
+                offsets = pa.array(np.arange(0, (rb.num_rows + 1) * k, k, dtype=np.int32))
+                cols.append(pa.ListArray.from_arrays(offsets, pa.array(proba.reshape(-1), pa.float64())))
+                names.append("proba")
+            yield pa.record_batch(cols, names=names)
+
+    return score
+
+
+def _ship_model(spark: Any, champion: Champion, staging: Any) -> str:
+    """Copy the champion's model directory next to the staging folder and hand it to every executor."""
+    import mlflow.artifacts
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=champion.uri)
+    name = f"loopline-model-{champion.version}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(local, staging.parent / name)
+    spark.sparkContext.addFile(str(staging.parent / name), recursive=True)
+    return name
+
+
 def score_spark(
     project: Project, batch_id: str | None = None, progress: ProgressFn | None = None, input_batch: str | None = None
 ) -> BatchResult:
-    """Score with Spark + ``mlflow.pyfunc.spark_udf``; write ``predictions`` in one Delta commit."""
+    """Score with Spark (loopline's model runtime on the executors); write ``predictions`` in one Delta commit."""
     started = time.perf_counter()
     try:
         import pyspark  # noqa: F401
     except ImportError:
         raise MissingDependency("pyspark", "spark") from None
-    import mlflow.pyfunc
 
     cfg = project.config
     store = DeltaStore(project.storage_root, project.storage_options)
@@ -171,15 +222,22 @@ def score_spark(
         sig = inputs.types.get(c)
         if sig in _SPARK_TYPES and c in frame.columns:
             frame = frame.withColumn(c, F.col(c).cast(_SPARK_TYPES[sig]))
-    result_type = "double" if cfg.model.task == "regression" else "string"
-    udf = mlflow.pyfunc.spark_udf(spark, champion.uri, result_type=result_type, env_manager="local")
+    spec = champion.spec
+    keys = carried(project, schema)
     present = [c for c in inputs.columns if c in frame.columns]
-    keys = cfg.model.keys
-    scored = frame.select(*[F.col(k) for k in keys], udf(F.struct(*[F.col(c) for c in present])).alias("prediction"))
+    out_schema = frame.select(*keys).schema.simpleString()[len("struct<") : -1]
+    label_type = {"float": "double", "int": "bigint", "bool": "boolean", "str": "string"}[spec.kind]
+    ddl = ", ".join(x for x in (out_schema, f"prediction {label_type}") if x)
+    if spec.is_classifier:
+        ddl += ", proba array<double>"
 
     staging = project.state_dir / "tmp" / f"spark-{bid.replace('/', '_')}-{uuid.uuid4().hex[:8]}"
     staging.parent.mkdir(parents=True, exist_ok=True)
+    model_file = ""
     try:
+        model_file = _ship_model(spark, champion, staging)
+        scorer = _executor_scorer(model_file, spec.to_json(), keys, present)
+        scored = frame.select(*keys, *[c for c in present if c not in keys]).mapInArrow(scorer, ddl)
         try:
             scored.write.mode("overwrite").parquet(str(staging))
         except Exception as exc:
@@ -189,24 +247,11 @@ def score_spark(
         total = staged.count_rows()
         builder = RowBuilder(project, champion, bid, [schema.field(k) for k in keys], cfg.batch.batch_size)
         counts = {"rows": 0, "out": 0}
-
-        def predictions() -> Iterator[tuple[pa.RecordBatch, np.ndarray]]:
-            for rb in staged.to_batches(batch_size=cfg.batch.batch_size):
-                if not rb.num_rows:
-                    continue
-                col = rb.column("prediction")
-                pred = (
-                    col.to_numpy(zero_copy_only=False)
-                    if result_type == "double"
-                    else np.asarray(col.to_pylist(), dtype=object)
-                )
-                yield rb, pred
-
         table_version = write_stream(
             store,
             bid,
             builder.schema,
-            build_rows(predictions(), builder, counts, progress, total),
+            build_rows(_staged_outputs(staged, spec, cfg.batch.batch_size), builder, counts, progress, total),
             model=champion.name,
             model_version=champion.version,
             input=where,
@@ -215,6 +260,8 @@ def score_spark(
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if model_file:
+            shutil.rmtree(staging.parent / model_file, ignore_errors=True)
     return BatchResult(
         batch_id=bid,
         rows=counts["rows"],
@@ -229,6 +276,26 @@ def score_spark(
         seconds=time.perf_counter() - started,
         load_seconds=loaded,
     )
+
+
+def _staged_outputs(staged: ds.Dataset, spec: LabelSpec, size: int) -> Iterator[tuple[pa.RecordBatch, Output]]:
+    """(keys, model output) from the executors' staged Parquet files."""
+    from loopline.runtime import Output, typed_labels
+
+    for rb in staged.to_batches(batch_size=size):
+        if not rb.num_rows:
+            continue
+        col = rb.column("prediction")
+        pred = col.to_numpy(zero_copy_only=False)
+        if spec.is_classifier:
+            pred = typed_labels(np.asarray(pred), spec)
+        proba = None
+        if "proba" in rb.schema.names:
+            flat = rb.column("proba").flatten().to_numpy(zero_copy_only=False)
+            proba = flat.reshape(rb.num_rows, -1)
+            if np.isnan(proba).all():
+                proba = None
+        yield rb, Output(pred, proba)
 
 
 __all__ = ["score_spark", "spark_session"]

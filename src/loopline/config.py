@@ -194,6 +194,20 @@ class TrainingConfig(_Model):
     calibrate: Literal["isotonic", "sigmoid"] | None = Field(
         None, description="Classification: calibrate the probabilities on the validation rows."
     )
+    refit: bool = Field(
+        True,
+        description="After the gate's evidence is taken on the held-out newest rows, register a model refit on "
+        "every labelled row with the same parameters (off: register the evaluated model itself).",
+    )
+    window: Duration | None = Field(
+        None, description="Train on the most recent span of event time only (e.g. 180d; needs model.time_column)."
+    )
+    window_rows: int | None = Field(None, ge=10, description="Train on the most recent N labelled rows only.")
+    recency_half_life: Duration | None = Field(
+        None,
+        description="Weight training rows by age: a row this much older than the newest counts half "
+        "(needs model.time_column and an estimator taking sample_weight).",
+    )
     pip_requirements: list[str] = Field(
         default_factory=list, description="Extra pip requirements logged with the model (beyond loopline's own)."
     )
@@ -245,6 +259,11 @@ class GateConfig(_Model):
     )
     threshold: ThresholdSearch | None = Field(
         None, description="Binary classification: choose model.threshold on the validation rows."
+    )
+    not_worse: bool = Field(
+        True,
+        description="With a champion, the candidate must not be worse on the first metric (on the same held-out "
+        "newest rows, which neither model trained on); `min_improvement` rules add to this.",
     )
 
     @model_validator(mode="after")
@@ -325,17 +344,56 @@ class MonitoringConfig(_Model):
     performance: PerformanceConfig = Field(default_factory=PerformanceConfig, description="Performance check.")
     slices: list[str] = Field(default_factory=list, description="Columns to slice performance by.")
     max_range_violation_rate: float = Field(0.01, ge=0, le=1, description="Largest share out of prediction_range.")
+    time: Literal["auto", "event", "wall"] = Field(
+        "auto",
+        description="Windows on event time (model.time_column: rows count in the window their own time says) or "
+        "on wall-clock time (when they were scored or logged); auto = event time when model.time_column is set.",
+    )
 
 
 class RetrainingConfig(_Model):
-    triggers: list[Literal["drift", "performance", "range", "schedule"]] = Field(
+    triggers: list[Literal["drift", "performance", "range", "schedule", "always"]] = Field(
         default_factory=lambda: ["drift", "performance"],  # type: ignore[arg-type]
-        description="What starts a retrain.",
+        description="What starts a retrain (`always`: every loop turn that has new labelled rows).",
+    )
+    min_new_labels: int = Field(
+        1,
+        ge=0,
+        description="Retrain only when at least this many labelled rows arrived since the champion was trained.",
     )
     source: str | None = Field(None, description="Source ingested before retraining (default: the first).")
     auto_promote: bool = Field(True, description="Promote a passing candidate automatically.")
     max_gate_failures: int = Field(3, ge=1, description="Failed gates in a row before human review is required.")
     use_feedback_labels: bool = Field(False, description="Use feedback labels as training targets.")
+
+
+_EVERY = re.compile(r"^\s*(\d+)\s*(mo|w|d|h)\s*$")
+
+
+def _check_every(value: str | None) -> str | None:
+    if value is not None and not _EVERY.match(value):
+        raise ValueError("a window length like 1mo, 2w, 7d or 12h")
+    return value
+
+
+class ReplayConfig(_Model):
+    source: str | None = Field(None, description="Labelled history replayed window by window (default: the first).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Parameters of the source's query.")
+    every: Annotated[str | None, AfterValidator(_check_every)] = Field(
+        None, description="Window length by model.time_column: `1mo`, `2w`, `7d`, `12h` (or use `rows`)."
+    )
+    rows: int | None = Field(None, ge=1, description="Window length in rows (source order) instead of `every`.")
+    initial: int = Field(1, ge=1, description="Windows the first model is trained on before the replay starts.")
+    metric: str | None = Field(None, description="Metric compared per window (default: the first training metric).")
+    serve: bool = Field(
+        False, description="Send a sample of each window through a real HTTP server (and labels through /feedback)."
+    )
+    sample: int = Field(24, ge=0, description="Rows per window sent through HTTP when `serve` is on.")
+    policies: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named config overrides replayed side by side (`loopline replay --policy NAME`), e.g. "
+        "`{refit_off: {training: {refit: false}}}`.",
+    )
 
 
 JobName = Literal["ingest", "train", "batch", "monitor", "loop", "retention"]
@@ -372,6 +430,7 @@ class LooplineConfig(_Model):
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Online serving.")
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig, description="Drift and performance.")
     retraining: RetrainingConfig = Field(default_factory=RetrainingConfig, description="Automatic retraining.")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="`loopline replay`: the loop on history.")
     schedules: dict[JobName, CronExpr] = Field(default_factory=dict, description="Cron expression per job.")
     retention: dict[str, Duration] = Field(default_factory=dict, description="How long rows are kept, per table.")
     environments: dict[str, EnvironmentConfig] = Field(
@@ -537,6 +596,14 @@ def cross_check(cfg: LooplineConfig) -> list[str]:
         problems += [
             f"{k} is only for model.task: classification (got {v!r})" for k, v in only.items() if v is not None
         ]
+    needs_time = {
+        "training.window": cfg.training.window,
+        "training.recency_half_life": cfg.training.recency_half_life,
+    }
+    if cfg.model.time_column is None:
+        problems += [f"{k} needs model.time_column (got {v})" for k, v in needs_time.items() if v is not None]
+    if cfg.monitoring.time == "event" and cfg.model.time_column is None:
+        problems.append("monitoring.time is event, but model.time_column is not set")
     if cfg.model.threshold is not None and cfg.gate.threshold is not None:
         problems.append("model.threshold and gate.threshold both set the decision threshold; keep one")
     rng = cfg.gate.prediction_range
@@ -550,6 +617,10 @@ def cross_check(cfg: LooplineConfig) -> list[str]:
     used += [(f"gate.min_improvement.{m}", m) for m in cfg.gate.min_improvement]
     if cfg.monitoring.performance.metric:
         used.append(("monitoring.performance.metric", cfg.monitoring.performance.metric))
+    if cfg.replay.metric:
+        used.append(("replay.metric", cfg.replay.metric))
+    if cfg.replay.source is not None and cfg.replay.source not in cfg.sources:
+        problems.append(f"replay.source: {cfg.replay.source!r} is not defined under `sources`")
     known = metrics.known(task)
     for key, name in used:
         if name not in known:

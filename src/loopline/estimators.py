@@ -120,13 +120,24 @@ def build(cls: type, params: dict[str, Any], categorical: list[str], columns: li
     return Pipeline([("encode", encode), ("model", est)])
 
 
-def fit(est: Any, X: pd.DataFrame, y: Any, name: str) -> Any:
+def takes_sample_weight(est: Any) -> bool:
+    final = est.named_steps["model"] if hasattr(est, "named_steps") else est
     try:
-        est.fit(X, y)
+        return "sample_weight" in inspect.signature(final.fit).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def fit(est: Any, X: pd.DataFrame, y: Any, name: str, sample_weight: Any = None) -> Any:
+    kwargs: dict[str, Any] = {}
+    if sample_weight is not None:
+        kwargs = {"model__sample_weight" if hasattr(est, "named_steps") else "sample_weight": sample_weight}
+    try:
+        est.fit(X, y, **kwargs)
     except Exception as exc:
         if _too_many_categories(est, exc):  # HGB's native categories are capped at max_bins
             est.named_steps["model"].set_params(categorical_features=None)
-            return fit(est, X, y, name)
+            return fit(est, X, y, name, sample_weight)
         raise TrainingError(f"{name}.fit raised {type(exc).__name__}: {exc}") from exc
     return est
 
@@ -155,6 +166,19 @@ def calibrate(model: Any, X: pd.DataFrame, y: Any, method: str) -> Any:
         raise TrainingError(
             f"training.calibrate {method}: calibrating on the validation rows failed ({type(exc).__name__}: {exc})",
             hint="calibration needs validation rows of every class; raise training.split.valid",
+        ) from exc
+
+
+def calibrate_refit(unfitted: Any, X: pd.DataFrame, y: Any, method: str) -> Any:
+    """A classifier fit on all of (X, y) whose probabilities are calibrated on cross-validated predictions
+    (``ensemble=False``: one model, the calibration learned without the rows it maps)."""
+    from sklearn.calibration import CalibratedClassifierCV
+
+    try:
+        return CalibratedClassifierCV(unfitted, method=method, cv=3, ensemble=False).fit(X, y)
+    except Exception as exc:
+        raise TrainingError(
+            f"training.calibrate {method}: calibrating the refit model failed ({type(exc).__name__}: {exc})"
         ) from exc
 
 

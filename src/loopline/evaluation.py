@@ -91,6 +91,7 @@ class GateResult:
     notes: list[str] = field(default_factory=list)
     candidate_per_class: dict[str, Any] = field(default_factory=dict)
     champion_per_class: dict[str, Any] = field(default_factory=dict)
+    floor_breaches: list[str] = field(default_factory=list)  # floors missed by a candidate that beat the champion
 
     @property
     def verdict(self) -> str:
@@ -208,32 +209,73 @@ def _threshold_rules(project: Project, cand: dict[str, float]) -> tuple[list[str
 
 
 def _improvement_rules(
-    project: Project, cand: dict[str, float], champ: dict[str, float], champ_version: str
+    project: Project, names: list[str], cand: dict[str, float], champ: dict[str, float], champ_version: str
 ) -> tuple[list[str], list[str]]:
+    """``not_worse.<first metric>`` (``gate.not_worse``) and ``min_improvement.<m>``, on the same rows."""
+    rules: list[tuple[str, str, float, float]] = []  # (rule, metric, absolute, relative)
+    if project.config.gate.not_worse and names and names[0] not in project.config.gate.min_improvement:
+        rules.append((f"not_worse.{names[0]}", names[0], 0.0, 0.0))
+    for m, imp in project.config.gate.min_improvement.items():
+        rules.append((f"min_improvement.{m}", m, imp.absolute or 0.0, imp.relative or 0.0))
     checked: list[str] = []
     failed: list[str] = []
-    for m, imp in project.config.gate.min_improvement.items():
+    for rule, m, absolute, relative in rules:
         c, b = cand.get(m), champ.get(m)
-        checked.append(f"min_improvement.{m}")
+        checked.append(rule)
         if c is None or b is None or math.isnan(c) or math.isnan(b):
-            failed.append(f"min_improvement.{m}: {m} could not be computed for both models")
+            failed.append(f"{rule}: {m} could not be computed for both models")
             continue
         gain = (b - c) if lower_is_better(m) else (c - b)
+        needed = max(absolute, relative * abs(b))
+        if gain >= needed:
+            continue
         way = "lower" if lower_is_better(m) else "higher"
-        needed = max(imp.absolute or 0.0, (imp.relative or 0.0) * abs(b))
-        if gain < needed:
-            failed.append(
-                f"min_improvement.{m}: candidate {m} {c:.6g} vs champion v{champ_version} {b:.6g} "
-                f"(must be {way} by at least {needed:.6g}, is {way} by {gain:.6g})"
-            )
+        if gain < 0:
+            told = f"candidate {m} {c:.6g} is worse than champion v{champ_version}'s {b:.6g} by {-gain:.6g}"
+        elif gain == 0:
+            told = f"candidate {m} {c:.6g} ties champion v{champ_version}"
+        else:
+            told = f"candidate {m} {c:.6g} beats champion v{champ_version}'s {b:.6g} by only {gain:.6g}"
+        need = f"must be {way} by at least {needed:.6g}" if needed > 0 else "must not be worse"
+        failed.append(f"{rule}: {told} ({need})")
     return checked, failed
+
+
+def _floors_beaten(
+    failed: list[str], cand: dict[str, float], champ: dict[str, float], champ_version: str | None
+) -> tuple[list[str], list[str]]:
+    """Absolute floors (``threshold.<m>``) the candidate misses but the champion misses worse on the same
+    rows: never keep a worse champion because of a floor. Returns (still failed, breaches promoted anyway)."""
+    kept: list[str] = []
+    breaches: list[str] = []
+    for rule in failed:
+        m = rule.split(":", 1)[0].removeprefix("threshold.")
+        c, b = cand.get(m), champ.get(m)
+        if champ_version is None or c is None or b is None or math.isnan(c) or math.isnan(b):
+            kept.append(rule)
+            continue
+        at_least_as_good = c <= b if lower_is_better(m) else c >= b
+        if at_least_as_good:
+            breaches.append(f"{rule} (champion v{champ_version} is at {b:.6g} on the same rows: the better model wins)")
+        else:
+            kept.append(rule)
+    return kept, breaches
 
 
 # ----------------------------------------------------------------------------- the gate
 def gate(
-    project: Project, version: str | int, test_df: pd.DataFrame, *, metrics: list[str] | None = None
+    project: Project,
+    version: str | int,
+    test_df: pd.DataFrame,
+    *,
+    metrics: list[str] | None = None,
+    candidate: Output | None = None,
 ) -> GateResult:
-    """Score candidate ``version`` and the current champion on ``test_df``; record and return the verdict."""
+    """Judge candidate ``version`` against the current champion on ``test_df``; record and return the verdict.
+
+    ``candidate``: the evaluated candidate's predictions on ``test_df`` when the registered version is a
+    refit that trained on those rows: its metrics are the evidence, and the registered version is only
+    checked to load, predict and stay in range."""
     from loopline import tracking
     from loopline.labels import from_config
 
@@ -247,7 +289,10 @@ def gate(
     missing = [c for c in cols if c not in test_df.columns]
     if missing:
         raise GateError(f"the gate's test rows have no model input column(s) {missing}")
-    test_df = test_df[test_df[target].notna()]
+    labelled = test_df[target].notna().to_numpy()
+    if candidate is not None and not labelled.all():
+        raise GateError("the evaluated candidate's test rows must all be labelled")
+    test_df = test_df[labelled]
     if test_df.empty:
         raise GateError(
             "the gate has no labelled test rows", hint="add rows to the features table or lower training.split.test"
@@ -264,6 +309,7 @@ def gate(
     spec = cand.spec or fallback
     names = metrics or metric_names(project, spec)
     result.rules_checked.append("candidate_scores")
+    floors: list[str] = []
     if cand.error is not None:
         result.failed_rules.append(f"candidate_scores: the candidate {cand.error}")
     else:
@@ -271,15 +317,20 @@ def gate(
         checked, failed = _check_predictions(cand.output, spec, cfg.gate.prediction_range)
         result.rules_checked += checked
         result.failed_rules += failed
+        evidence = candidate if candidate is not None else cand.output
+        if candidate is not None:
+            result.notes.append(
+                f"metrics of the evaluated candidate (trained without these {len(test_df)} rows); registered "
+                f"v{version} is its refit on every labelled row"
+            )
         try:
-            result.candidate_metrics = compute_metrics(names, y, cand.output, spec)
-            result.candidate_per_class = per_class(y, cand.output, spec)
+            result.candidate_metrics = compute_metrics(names, y, evidence, spec)
+            result.candidate_per_class = per_class(y, evidence, spec)
         except Exception as exc:
             why = f"{type(exc).__name__}: {_short(exc)}"
             result.failed_rules.append(f"candidate_metrics: cannot compute metrics ({why})")
-        checked, failed = _threshold_rules(project, result.candidate_metrics)
+        checked, floors = _threshold_rules(project, result.candidate_metrics)
         result.rules_checked += checked
-        result.failed_rules += failed
 
     if champ_version is not None and champ_version != version:
         champ = _score(f"models:/{name}/{champ_version}", X, fallback)
@@ -294,12 +345,16 @@ def gate(
                 result.notes.append(f"champion v{champ_version} metrics failed ({type(exc).__name__}: {_short(exc)})")
             if cand.error is None and result.champion_metrics:
                 checked, failed = _improvement_rules(
-                    project, result.candidate_metrics, result.champion_metrics, champ_version
+                    project, names, result.candidate_metrics, result.champion_metrics, champ_version
                 )
                 result.rules_checked += checked
                 result.failed_rules += failed
+                floors, result.floor_breaches = _floors_beaten(
+                    floors, result.candidate_metrics, result.champion_metrics, champ_version
+                )
     elif champ_version is None:
         result.notes.append("no champion yet: only absolute thresholds applied")
+    result.failed_rules += floors
 
     result.passed = not result.failed_rules
     record(project, result)
@@ -321,6 +376,8 @@ def record(project: Project, result: GateResult) -> None:
         **{f"{TAG}.candidate.{m}": repr(v) for m, v in result.candidate_metrics.items()},
         **{f"{TAG}.champion.{m}": repr(v) for m, v in result.champion_metrics.items()},
     }
+    if result.floor_breaches:
+        tags[f"{TAG}.floor_breaches"] = json.dumps(result.floor_breaches)
     if result.candidate_per_class:
         tags[f"{TAG}.per_class"] = json.dumps(result.candidate_per_class, separators=(",", ":"), default=str)[:5000]
     try:

@@ -163,13 +163,16 @@ def ingest(
     store: DeltaStore,
     params: dict[str, Any] | None = None,
     batch_id: str | None = None,
+    opened: OpenedSource | None = None,
 ) -> IngestResult:
-    """Read ``source`` into ``raw`` as one batch; re-ingesting a batch id replaces it (one commit)."""
+    """Read ``source`` into ``raw`` as one batch; re-ingesting a batch id replaces it (one commit).
+
+    ``opened``: rows already read (e.g. one window of a replayed history) instead of opening ``source``."""
     import pyarrow.parquet as pq
 
     if batch_id is not None:
         check_batch_id(batch_id)
-    opened = open_source(project, source, params)
+    opened = opened or open_source(project, source, params)
     staging = project.state_dir / "staging"
     staging.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=staging) as tmp:
@@ -206,6 +209,7 @@ def run_pipeline(
     batch_id: str | None = None,
     store: DeltaStore | None = None,
     on_stage: Callable[[str], None] | None = None,
+    opened: OpenedSource | None = None,
 ) -> PipelineResult:
     """ingest -> validate -> features for one batch; raises ValidationFailed if the contract stops it."""
     from loopline.features import build_features
@@ -215,7 +219,7 @@ def run_pipeline(
     store = store or DeltaStore(project.storage_root, project.storage_options)
     step = on_stage or (lambda _name: None)
     step("ingest")
-    ingested = ingest(project, source, store=store, params=params, batch_id=batch_id)
+    ingested = ingest(project, source, store=store, params=params, batch_id=batch_id, opened=opened)
     step("validate")
     outcome = validate_batch(
         project.config.contract, store, ingested.batch_id, root=project.root, reports_dir=reports_dir(project)

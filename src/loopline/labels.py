@@ -294,3 +294,48 @@ def _as_str(v: Any) -> str:
     if isinstance(v, float) and math.isfinite(v):
         return str(int(v)) if v.is_integer() else repr(v)
     raise LabelValueError(f"{v!r} is not a text label")
+
+
+def map_type(spec: LabelSpec) -> pa.DataType:
+    """``map<label, float64>``: the ``probabilities`` column of a classifier."""
+    import pyarrow as pa
+
+    return pa.map_(spec.arrow_type, pa.float64())
+
+
+def output_arrays(spec: LabelSpec, predictions: np.ndarray, proba: np.ndarray | None) -> dict[str, pa.Array]:
+    """The ``prediction`` column in the label's type and, for classifiers, ``probability`` (see
+    :meth:`LabelSpec.score`) and ``probabilities`` (every class); nulls when the model gives no
+    probabilities. The table contract of ``predictions`` and ``inference_log`` (docs/contracts.md)."""
+    import numpy as np
+    import pyarrow as pa
+
+    n = len(predictions)
+    if not spec.is_classifier:
+        return {"prediction": pa.array(np.asarray(predictions, dtype=np.float64), pa.float64())}
+    values = predictions.tolist() if predictions.dtype == object else predictions
+    out = {"prediction": pa.array(values, spec.arrow_type)}
+    if proba is None or not spec.classes:
+        out["probability"] = pa.nulls(n, pa.float64())
+        out["probabilities"] = pa.nulls(n, map_type(spec))
+        return out
+    k = len(spec.classes)
+    out["probability"] = pa.array(spec.score(predictions, proba), pa.float64())
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    keys = pa.array(list(spec.classes) * n, spec.arrow_type)
+    items = pa.array(np.ascontiguousarray(proba, dtype=np.float64).reshape(-1), pa.float64())
+    out["probabilities"] = pa.MapArray.from_arrays(offsets, keys, items, type=map_type(spec))
+    return out
+
+
+def output_fields(spec: LabelSpec) -> list[pa.Field]:
+    """The fields :func:`output_arrays` returns, in order."""
+    import pyarrow as pa
+
+    if not spec.is_classifier:
+        return [pa.field("prediction", pa.float64())]
+    return [
+        pa.field("prediction", spec.arrow_type),
+        pa.field("probability", pa.float64()),
+        pa.field("probabilities", map_type(spec)),
+    ]

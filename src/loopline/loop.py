@@ -120,32 +120,90 @@ def consecutive_gate_failures(store: DeltaStore, since: datetime | None = None) 
     return count
 
 
-def apply_feedback_labels(project: Project, store: DeltaStore) -> int:
-    """Write feedback labels into the features table's target, matched by the model's keys."""
+def apply_feedback_labels(project: Project, store: DeltaStore, report: list[str] | None = None) -> int:
+    """Write feedback labels into the features table's target, matched by the model's keys.
+
+    The latest label per key wins. Labels (typed, or text in older feedback tables) and keys are cast to the
+    features table's column types: ``"1"`` into an int64 target, ``"true"`` into a bool one. A label or key that
+    cannot be cast is left out and described in ``report`` (and the log), never a crash. Returns the number
+    of feature rows updated."""
+    import logging
+
     keys = project.config.model.keys
     if not keys or not store.exists("feedback") or not store.exists("features"):
         return 0
     import pyarrow.compute as pc
 
     fb = store.read("feedback")
-    if any(k not in fb.schema.names for k in keys):
+    if "label" not in fb.schema.names or any(k not in fb.schema.names for k in keys):
         return 0
     fb = fb.filter(pc.and_(*[pc.is_valid(fb[k]) for k in keys]) if len(keys) > 1 else pc.is_valid(fb[keys[0]]))
     if fb.num_rows == 0:
         return 0
-    latest = fb.sort_by([("received_at", "descending")]).to_pylist()
+    latest = fb.sort_by([("received_at", "descending")]).to_pylist() if "received_at" in fb.schema.names else []
+    if not latest:
+        latest = fb.to_pylist()
     seen: dict[tuple[Any, ...], Any] = {}
     for row in latest:
         seen.setdefault(tuple(row[k] for k in keys), row["label"])
     target = project.config.model.target
     feats_schema = store.schema("features")
+    if target not in feats_schema.names:
+        return 0
+    to_target = _caster(feats_schema.field(target).type, project.config.model.task)
+    to_key = {k: _caster(feats_schema.field(k).type, None) for k in keys}
+    bad: dict[str, int] = {}
+    rows: list[tuple[tuple[Any, ...], Any]] = []
+    for key, value in seen.items():
+        try:
+            typed_key = tuple(to_key[k](v) for k, v in zip(keys, key, strict=True))
+        except _Uncastable as exc:
+            bad[f"key {exc}"] = bad.get(f"key {exc}", 0) + 1
+            continue
+        try:
+            rows.append((typed_key, to_target(value)))
+        except _Uncastable as exc:
+            bad[f"label {exc}"] = bad.get(f"label {exc}", 0) + 1
+    if bad:
+        shown = ", ".join(f"{what} ({n})" for what, n in sorted(bad.items(), key=lambda kv: -kv[1])[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        text = f"{sum(bad.values())} feedback label(s) could not be cast to the features table's types: {shown}{more}"
+        logging.getLogger("loopline.loop").warning(text)
+        if report is not None:
+            report.append(text)
+    if not rows:
+        return 0
     labels = pa.table(
         {
-            **{k: pa.array([key[i] for key in seen], feats_schema.field(k).type) for i, k in enumerate(keys)},
-            target: pa.array(list(seen.values()), feats_schema.field(target).type),
+            **{k: pa.array([key[i] for key, _ in rows], feats_schema.field(k).type) for i, k in enumerate(keys)},
+            target: pa.array([v for _, v in rows], feats_schema.field(target).type),
         }
     )
     return store.update_matching("features", labels, keys, [target])
+
+
+class _Uncastable(ValueError):
+    """A feedback value that does not fit a features column (the message names value and type)."""
+
+
+def _caster(typ: pa.DataType, task: str | None) -> Any:
+    """value -> the Python value of Arrow type ``typ`` (labels parsed as the label contract does: ``"1"`` is 1,
+    ``"true"`` is True); raises _Uncastable naming the value and the type."""
+    from loopline.labels import LabelSpec, LabelValueError, kind_of_arrow
+
+    kind = kind_of_arrow(typ, task or "classification")
+    spec = LabelSpec(task or "classification", kind)
+
+    def cast(value: Any) -> Any:
+        if value is None:
+            raise _Uncastable(f"null (type {typ})")
+        try:
+            parsed = spec.parse(value) if task is not None or kind in ("int", "bool") else value
+            return pa.array([parsed]).cast(typ)[0].as_py()
+        except (LabelValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError):
+            raise _Uncastable(f"{value!r} (type {typ})") from None
+
+    return cast
 
 
 def loop(
@@ -156,6 +214,7 @@ def loop(
     until: datetime | None = None,
     scheduled: bool = False,
     params: dict[str, Any] | None = None,
+    time: str | None = None,
 ) -> LoopResult:
     """One turn of the loop; see the module docstring. ``scheduled`` = the schedule says retrain."""
     from loopline import registry, status, tracking
@@ -176,7 +235,7 @@ def loop(
             result.triggers = ["bootstrap"]
         else:
             try:
-                mres = monitor(project, window=window, since=since, until=until)
+                mres = monitor(project, window=window, since=since, until=until, time=time)
             except MonitoringError as exc:
                 log.add("monitor", "failed", [exc.message])
                 raise
@@ -193,6 +252,8 @@ def loop(
             result.triggers = [t for t in fired if t in cfg.triggers]
             if scheduled and "schedule" in cfg.triggers:
                 result.triggers.append("schedule")
+            if "always" in cfg.triggers:
+                result.triggers.append("always")
         if not result.triggers:
             log.add("retrain", "skipped", ["no enabled trigger fired"], enabled=cfg.triggers)
             result.action = "no action"
@@ -203,6 +264,16 @@ def loop(
             result.action, result.exit_code = "blocked: needs review", EXIT_NEEDS_REVIEW
             return result
         _refresh_data(project, store, log, params)
+        if champion is not None and cfg.min_new_labels > 0:
+            fresh = new_labels(project, store)
+            if fresh is not None and fresh < cfg.min_new_labels:
+                why = (
+                    f"{fresh} labelled row(s) arrived since champion v{champion.version} was trained "
+                    f"(retraining.min_new_labels: {cfg.min_new_labels})"
+                )
+                log.add("retrain", "skipped", [why], new_labels=fresh)
+                result.action = "no action: too few new labels"
+                return result
         tr = train(project)
         result.candidate_version = tr.version
         log.add(
@@ -235,7 +306,11 @@ def loop(
             return result
         failures = consecutive_gate_failures(store, since=status.review_cleared_at(project)) + 1
         if failures >= cfg.max_gate_failures:
-            reason = f"{failures} candidates in a row failed the gate (last: v{tr.version})"
+            reason = (
+                f"{failures} candidates in a row failed the gate (last: v{tr.version}: "
+                f"{_scores(gate.candidate_metrics, gate.champion_metrics, gate.champion_version)}; "
+                f"{'; '.join(gate.failed_rules[:3])})"
+            )
             status.set_needs_review(project, reason)
             log.add("review", "needs_review", [reason], version=tr.version)
             result.action, result.exit_code = "refused; needs review", EXIT_NEEDS_REVIEW
@@ -255,6 +330,43 @@ def loop(
         log.flush()
 
 
+def _scores(cand: dict[str, float], champ: dict[str, float], champ_version: str | None) -> str:
+    """``mae 41.2 vs champion v3 44.0, rmse ...`` for the review reason."""
+    parts = []
+    for m, v in list(cand.items())[:3]:
+        b = champ.get(m)
+        vs = f" vs champion v{champ_version} {b:.4g}" if b is not None else ""
+        parts.append(f"{m} {v:.4g}{vs}")
+    return ", ".join(parts) or "no metrics"
+
+
+def new_labels(project: Project, store: DeltaStore) -> int | None:
+    """Labelled feature rows the champion has not trained on: after its training cutoff (event time), else
+    beyond the number of rows it trained on; None when neither is known."""
+    import pyarrow.compute as pc
+
+    from loopline import tracking
+
+    mv = tracking.alias_version(project, tracking.CHAMPION)
+    if mv is None or not mv.run_id or not store.exists("features"):
+        return None
+    tags = tracking.client(project).get_run(mv.run_id).data.tags
+    target, col = project.config.model.target, project.config.model.time_column
+    until, trained = tags.get("loopline.trained_until"), tags.get("loopline.trained_rows")
+    names = store.schema("features").names
+    if target not in names:
+        return None
+    if until and col and col in names:
+        t = store.read("features", columns=[target, col])
+        cutoff = pa.scalar(datetime.fromisoformat(until)).cast(t.schema.field(col).type)
+        mask = pc.and_(pc.is_valid(t[target]), pc.greater(t[col], cutoff))
+        return int(pc.sum(mask.cast(pa.int64())).as_py() or 0)
+    if trained:
+        labelled = pc.sum(pc.is_valid(store.read("features", columns=[target])[target]).cast(pa.int64())).as_py()
+        return max(0, int(labelled or 0) - int(trained))
+    return None
+
+
 def _refresh_data(project: Project, store: DeltaStore, log: Decisions, params: dict[str, Any] | None) -> None:
     """Ingest the retraining source (if configured) and fold feedback labels into the features."""
     source = project.config.retraining.source
@@ -264,8 +376,9 @@ def _refresh_data(project: Project, store: DeltaStore, log: Decisions, params: d
         res = run_pipeline(project, source, params=params)
         log.add("ingest", "ok", [res.summary()], source=source)
     if project.config.retraining.use_feedback_labels:
-        n = apply_feedback_labels(project, store)
-        log.add("labels", "ok", [f"{n} feature rows labelled from feedback"], rows=n)
+        skipped: list[str] = []
+        n = apply_feedback_labels(project, store, skipped)
+        log.add("labels", "ok", [f"{n} feature rows labelled from feedback", *skipped], rows=n)
 
 
 def loop_job(project: Project, **options: Any) -> LoopResult:

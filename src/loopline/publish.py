@@ -14,6 +14,7 @@ Publishing twice leaves the same rows (the second run inserts and updates nothin
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ def pg_type(field: pa.Field) -> str:
         return "timestamptz" if t.tz else "timestamp"
     if pa.types.is_decimal(t):
         return f"numeric({t.precision},{t.scale})"
+    if pa.types.is_map(t):  # a classifier's probabilities: {"label": p, ...}
+        return "jsonb"
     raise PublishError(
         f"column {field.name!r} has Arrow type {t}, which has no PostgreSQL mapping for publishing",
         hint="publish tables of numbers, strings, booleans, dates and timestamps",
@@ -133,6 +136,10 @@ def _connect(url: str) -> Any:
 def _csv(rb: pa.RecordBatch) -> bytes:
     import pyarrow.csv as pacsv
 
+    for i, field in enumerate(rb.schema):
+        if pa.types.is_map(field.type):  # COPY takes JSON text for a jsonb column
+            text = [None if v is None else json.dumps({str(k): x for k, x in v}) for v in rb.column(i).to_pylist()]
+            rb = rb.set_column(i, field.name, pa.array(text, pa.string()))
     buf = io.BytesIO()
     pacsv.write_csv(rb, buf, pacsv.WriteOptions(include_header=False))
     return buf.getvalue()

@@ -1,11 +1,15 @@
 """Expert review: predictions flagged for a human, the labels they record, and lifting the review flag.
 
 * :func:`flagged` lists what needs an expert's eye: ``predictions`` rows marked ``out_of_range``,
-  ``inference_log`` rows whose prediction is outside ``gate.prediction_range`` (or NaN), and - where
-  the table has a ``prediction_proba`` / ``confidence`` column (classifiers) - rows below a minimum
-  confidence. Rows that already have feedback (by request id or by the model's keys) are left out.
+  ``inference_log`` rows whose prediction (classifiers: ``probability``) is outside
+  ``gate.prediction_range`` (or NaN), and classifier rows below a minimum confidence. Confidence comes
+  from the ``probability`` column: ``max(p, 1 - p)`` for a binary model (``p`` is P(positive)), ``p``
+  (P(predicted label)) for a multiclass one; tables of older versions with a ``prediction_proba`` /
+  ``confidence`` column are read as before. Rows that already have feedback (by request id or by the
+  model's keys) are left out.
 * :func:`label` records the expert's label as one ``feedback`` row with ``_source = "review"``; an
-  unknown request id or key is refused, and the label must fit the task (a number for regression).
+  unknown request id or key is refused, and the label must fit the champion's label contract (a number
+  for regression; one of its classes, parsed to the target's type, for a classifier), stored typed.
 * :func:`clear` lifts the environment's needs-review flag and records the human decision as a
   ``registry_events`` row (action ``review_cleared``).
 """
@@ -19,19 +23,21 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from loopline.errors import ReviewError, TableError
+from loopline.errors import LooplineError, ReviewError, TableError
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
 
     from loopline.config import Project
+    from loopline.labels import LabelSpec
     from loopline.tables import DeltaStore
 
 FEEDBACK = "feedback"
 PREDICTIONS = "predictions"
 INFERENCE_LOG = "inference_log"
 REGISTRY_EVENTS = "registry_events"
-CONFIDENCE_COLUMNS = ("prediction_proba", "confidence")
+PROBABILITY = "probability"
+CONFIDENCE_COLUMNS = ("prediction_proba", "confidence")  # tables written before the probability column
 DEFAULT_MIN_CONFIDENCE = 0.6
 REVIEW_SOURCE = "review"
 REVIEW_CLEARED = "review_cleared"
@@ -50,6 +56,7 @@ class FlaggedPrediction:
     reason: str
     model_version: str | None
     at: datetime | None
+    confidence: float | None = None
 
     @property
     def ref(self) -> str:
@@ -70,6 +77,7 @@ class FlaggedPrediction:
             "reason": self.reason,
             "model_version": self.model_version,
             "at": self.at.isoformat() if self.at else None,
+            "confidence": self.confidence,
         }
 
 
@@ -154,11 +162,71 @@ def _labelled(store: DeltaStore, keys: list[str]) -> tuple[set[str], set[tuple[s
     return ids, tuples
 
 
-def _confidence_column(schema: pa.Schema) -> str | None:
+@dataclass(frozen=True)
+class Confidence:
+    """How a table gives a prediction's confidence: the column, and whether it is P(positive) of a binary model
+    (confidence = max(p, 1 - p)) or already a confidence (P(predicted label), or an older confidence column)."""
+
+    column: str
+    binary: bool = False
+
+    def of(self, value: float | None) -> float | None:
+        if value is None or math.isnan(value):
+            return None
+        return max(value, 1.0 - value) if self.binary else value
+
+    def below(self, threshold: float) -> ds.Expression:
+        import pyarrow.dataset as pads
+
+        col = pads.field(self.column)
+        low = col < pa.scalar(threshold)
+        return (low & (col > pa.scalar(1.0 - threshold))) if self.binary else low
+
+    def reason(self, value: float, conf: float, threshold: float) -> str:
+        if self.column == PROBABILITY:
+            return f"confidence {conf:.3g} < {threshold:g} (probability {value:.3g})"
+        return f"{self.column} {conf:.3g} < {threshold:g}"
+
+
+def _is_float(schema: pa.Schema, name: str) -> bool:
+    return name in schema.names and pa.types.is_floating(schema.field(name).type)
+
+
+def _confidence(schema: pa.Schema, binary: bool | None) -> Confidence | None:
+    """The ``probability`` column (new tables), else ``prediction_proba`` / ``confidence`` (older ones)."""
+    if _is_float(schema, PROBABILITY) and binary is not None:
+        return Confidence(PROBABILITY, binary)
     for name in CONFIDENCE_COLUMNS:
-        if name in schema.names and pa.types.is_floating(schema.field(name).type):
-            return name
+        if _is_float(schema, name):
+            return Confidence(name)
     return None
+
+
+def _binary(project: Project, spec: LabelSpec | None, dataset: ds.Dataset) -> bool | None:
+    """Whether ``probability`` is P(positive) (binary model): from the champion's label contract, else the
+    ``probabilities`` map of a logged row, else the config (model.positive_label) or the predicted labels."""
+    if project.config.model.task != "classification":
+        return None
+    if spec is not None and spec.classes:
+        return spec.binary
+    names = dataset.schema.names
+    if "probabilities" in names:
+        import numpy as np
+
+        for batch in dataset.to_batches(columns=["probabilities"], batch_size=1024):
+            col = batch.column(0)
+            if not pa.types.is_map(col.type) or col.null_count == len(col):
+                continue
+            sizes = np.diff(col.offsets.to_numpy(zero_copy_only=False))[np.asarray(col.is_valid())]
+            return bool(sizes[0] == 2)
+    if project.config.model.positive_label is not None:
+        return True
+    if "prediction" in names:
+        import pyarrow.compute as pc
+
+        distinct = pc.unique(dataset.head(100_000, columns=["prediction"]).column(0).drop_null())
+        return len(distinct) <= 2
+    return True
 
 
 def _scan_flagged(
@@ -167,23 +235,22 @@ def _scan_flagged(
     flt: ds.Expression,
     keys: list[str],
     time_col: str,
-    conf_col: str | None,
+    conf: Confidence | None,
     min_confidence: float,
     reason_of: Any,
+    extra: tuple[str, ...] = (),
 ) -> list[FlaggedPrediction]:
     names = dataset.schema.names
-    cols = [
-        c
-        for c in ("request_id", *keys, "prediction", "model_version", time_col, "out_of_range", conf_col)
-        if c is not None and c in names
-    ]
+    wanted = ("request_id", *keys, "prediction", "model_version", time_col, "out_of_range", *extra)
+    cols = [c for c in (*wanted, conf.column if conf else None) if c is not None and c in names]
     cols = list(dict.fromkeys(cols))
     out: list[FlaggedPrediction] = []
     for row in dataset.to_table(columns=cols, filter=flt).to_pylist():
         reasons = reason_of(row)
-        conf = row.get(conf_col) if conf_col else None
-        if conf is not None and conf < min_confidence:
-            reasons.append(f"{conf_col} {conf:.3g} < {min_confidence:g}")
+        value = row.get(conf.column) if conf else None
+        confidence = conf.of(value) if conf else None
+        if conf is not None and value is not None and confidence is not None and confidence < min_confidence:
+            reasons.append(conf.reason(value, confidence, min_confidence))
         if not reasons:
             continue
         out.append(
@@ -195,6 +262,7 @@ def _scan_flagged(
                 reason="; ".join(reasons),
                 model_version=row.get("model_version"),
                 at=row.get(time_col),
+                confidence=confidence,
             )
         )
     return out
@@ -210,9 +278,17 @@ def flagged(project: Project, *, limit: int | None = 50, min_confidence: float =
     cfg = project.config
     keys = list(cfg.model.keys)
     rng = cfg.gate.prediction_range
+    classifier = cfg.model.task == "classification"
     store = _store(project)
     notes: list[str] = []
     found: list[FlaggedPrediction] = []
+    spec = None
+    if classifier:
+        try:
+            spec = champion_spec(project)
+        except LooplineError as exc:
+            notes.append(f"the champion's label contract is unknown ({exc.message}); binary or not is guessed")
+    span = f" [{rng[0]:g}, {rng[1]:g}]" if rng else ""
 
     if store.exists(PREDICTIONS):
         dataset = store.dataset(PREDICTIONS)
@@ -224,15 +300,15 @@ def flagged(project: Project, *, limit: int | None = 50, min_confidence: float =
                 f"({'empty' if not keys else 'missing ' + ', '.join(missing)}); skipped"
             )
         else:
-            conf = _confidence_column(dataset.schema)
+            conf = _confidence(dataset.schema, _binary(project, spec, dataset))
             conds = []
             if "out_of_range" in names:
                 conds.append(ds.field("out_of_range") == pa.scalar(True))
             if conf:
-                conds.append(ds.field(conf) < pa.scalar(min_confidence))
+                conds.append(conf.below(min_confidence))
             if conds:
                 where = conds[0] if len(conds) == 1 else conds[0] | conds[1]
-                span = f" [{rng[0]:g}, {rng[1]:g}]" if rng else ""
+                what = "probability out of range" if classifier else "out of range"
                 found += _scan_flagged(
                     dataset,
                     PREDICTIONS,
@@ -241,40 +317,41 @@ def flagged(project: Project, *, limit: int | None = 50, min_confidence: float =
                     "scored_at",
                     conf,
                     min_confidence,
-                    lambda r: [f"out of range{span}"] if r.get("out_of_range") else [],
+                    lambda r: [f"{what}{span}"] if r.get("out_of_range") else [],
                 )
 
     if store.exists(INFERENCE_LOG):
         dataset = store.dataset(INFERENCE_LOG)
         schema = dataset.schema
-        conf = _confidence_column(schema)
-        numeric = "prediction" in schema.names and pa.types.is_floating(schema.field("prediction").type)
+        conf = _confidence(schema, _binary(project, spec, dataset))
+        checked = PROBABILITY if classifier else "prediction"
+        numeric = _is_float(schema, checked)
         conds = []
         if numeric:
-            p = ds.field("prediction")
+            p = ds.field(checked)
             conds.append(pc.is_nan(p))
             if rng:
                 conds.append((p < pa.scalar(float(rng[0]))) | (p > pa.scalar(float(rng[1]))))
         if conf:
-            conds.append(ds.field(conf) < pa.scalar(min_confidence))
+            conds.append(conf.below(min_confidence))
         if conds:
             where = conds[0]
             for c in conds[1:]:
                 where = where | c
 
             def log_reason(r: dict[str, Any]) -> list[str]:
-                v = r.get("prediction")
+                v = r.get(checked)
                 if not numeric or v is None:
                     return []
                 if math.isnan(v):
-                    return ["prediction is NaN"]
+                    return [f"{checked} is NaN"]
                 if rng and not rng[0] <= v <= rng[1]:
-                    return [f"out of range [{rng[0]:g}, {rng[1]:g}]"]
+                    return [f"{'probability ' if classifier else ''}out of range [{rng[0]:g}, {rng[1]:g}]"]
                 return []
 
             log_keys = [k for k in keys if k in schema.names]
             found += _scan_flagged(
-                dataset, INFERENCE_LOG, where, log_keys, "timestamp", conf, min_confidence, log_reason
+                dataset, INFERENCE_LOG, where, log_keys, "timestamp", conf, min_confidence, log_reason, (checked,)
             )
 
     ids, tuples = _labelled(store, keys)
@@ -296,8 +373,61 @@ def flagged(project: Project, *, limit: int | None = 50, min_confidence: float =
 
 
 # ----------------------------------------------------------------------------- label
-def parse_label(project: Project, value: Any) -> float | str:
-    """The label as the task needs it: a finite number for regression, text for classification."""
+def champion_spec(project: Project) -> LabelSpec | None:
+    """The champion's label contract: its run's ``loopline.label`` tag, else the ``loopline`` metadata of its
+    MLmodel; None when there is no champion (or it carries neither). An unreachable MLflow raises LooplineError."""
+    from loopline import status, tracking
+    from loopline.labels import LabelSpec
+
+    if status._registry_db_missing(project):
+        return None
+    status._check_server(project)
+    mv = tracking.alias_version(project, tracking.CHAMPION)
+    if mv is None:
+        return None
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    stored: Any = None
+    try:
+        if mv.run_id:
+            stored = tracking.client(project).get_run(str(mv.run_id)).data.tags.get("loopline.label")
+            stored = json.loads(stored) if stored else None
+    except (MlflowException, json.JSONDecodeError):
+        stored = None
+    if not isinstance(stored, dict):
+        try:
+            from mlflow.models import get_model_info
+
+            meta = get_model_info(f"models:/{project.registered_model}/{mv.version}").metadata or {}
+            stored = meta.get("loopline")
+        except Exception:  # an artifact store that cannot be read: no contract, the fallback applies
+            stored = None
+    if isinstance(stored, dict) and stored.get("task"):
+        return LabelSpec.from_dict(stored)
+    return None
+
+
+def _table_spec(project: Project, store: DeltaStore) -> LabelSpec:
+    """Without a champion's contract: the label type of the feedback table (else of the stored predictions)."""
+    from loopline.labels import LabelSpec, from_config, kind_of_arrow
+
+    base = from_config(project.config.model)
+    for table, column in ((FEEDBACK, "label"), (PREDICTIONS, "prediction"), (INFERENCE_LOG, "prediction")):
+        if store.exists(table):
+            schema = store.schema(table)
+            if column in schema.names and not pa.types.is_null(schema.field(column).type):
+                kind = kind_of_arrow(schema.field(column).type, "classification")
+                return LabelSpec("classification", kind, (), base.positive, base.threshold, base.target)
+    return base
+
+
+def parse_label(project: Project, value: Any, spec: LabelSpec | None = None) -> Any:
+    """The label as the model needs it: a finite number for regression; for a classifier one of the champion's
+    classes in the target's type (int, bool or str), parsed with ``spec`` (its label contract)."""
+    from loopline.labels import LabelValueError, from_config
+
     if project.config.model.task == "regression":
         try:
             number = float(value)
@@ -306,10 +436,18 @@ def parse_label(project: Project, value: Any) -> float | str:
         if not math.isfinite(number):
             raise ReviewError(f"--label must be a finite number, got {value!r}")
         return number
-    text = str(value).strip()
-    if not text:
-        raise ReviewError("--label must not be empty")
-    return text
+    if isinstance(value, str):
+        value = value.strip()
+        if not value:
+            raise ReviewError("--label must not be empty")
+    spec = spec or from_config(project.config.model)
+    try:
+        return spec.parse(value)
+    except LabelValueError as exc:
+        text = str(exc)
+        if spec.classes and "classes" not in text:
+            text += f"; the model's classes are {list(spec.classes)} (label type {spec.kind})"
+        raise ReviewError(f"--label {text}", hint="label with one of the champion's classes") from None
 
 
 def parse_keys(project: Project, pairs: list[str]) -> dict[str, str]:
@@ -424,8 +562,10 @@ def label(
             "give exactly one of --request-id ID or --key column=value",
             hint="see `loopline review list` for what to label",
         )
-    lab = parse_label(project, value)
     store = _store(project)
+    is_reg = project.config.model.task == "regression"
+    spec = None if is_reg else (champion_spec(project) or _table_spec(project, store))
+    lab = parse_label(project, value, spec)
     model_keys = list(project.config.model.keys)
     if request_id is not None:
         found = _find_by_request_id(store, request_id, model_keys)
@@ -435,8 +575,7 @@ def label(
     cols: dict[str, pa.Array] = {"request_id": pa.array([request_id], type=pa.string())}
     for k, v in found.items():
         cols[k] = pa.array([v])
-    is_reg = project.config.model.task == "regression"
-    cols["label"] = pa.array([lab], type=pa.float64() if is_reg else pa.string())
+    cols["label"] = pa.array([lab], type=pa.float64() if spec is None else spec.arrow_type)
     cols["received_at"] = pa.array([datetime.now(UTC)], type=_TS)
     cols["_source"] = pa.array([REVIEW_SOURCE], type=pa.string())
     if note:

@@ -2,8 +2,10 @@
 
 The report gathers, each part on its own and each saying "none" when absent (no registry yet, no
 tables yet): the registered model with its ``champion`` and ``challenger`` versions and their gate
-metrics (model-version tags), the last run of each job (``runs`` table), the latest monitoring check
-(``monitoring`` table), the needs-review flag (registered-model tags) and the size of every table.
+metrics (model-version tags; for classifiers the gate's per-class view, ``loopline.gate.per_class``),
+the last run of each job (``runs`` table), the latest monitoring check (``monitoring`` table, with its
+per-class precision / recall / F1, support and confusion matrix for classifiers), the needs-review flag
+(registered-model tags) and the size of every table.
 
 The needs-review flag is what the loop sets after too many refused candidates in a row
 (:func:`set_needs_review`) and what a human lifts (`loopline review clear` -> :func:`clear_needs_review`).
@@ -41,7 +43,11 @@ EXIT_NEEDS_REVIEW = 12
 """Exit code of `loopline status` (and `loopline loop`) while the environment needs human review."""
 
 GATE_PREFIX = "loopline.gate."
+PER_CLASS_TAG = GATE_PREFIX + "per_class"
 MONITORING_TABLE = "monitoring"
+CLASS_SLICE = "class="
+PREDICTED = "predicted="
+PER_CLASS_STATS = ("precision", "recall", "f1", "support")
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
 _RANK = {"no_data": 0, "ok": 1, "breach": 2}
 
@@ -61,6 +67,9 @@ class VersionStatus:
     compared_with: str | None = None
     failed_rules: list[str] = field(default_factory=list)
     retired: bool = False
+    per_class: dict[str, Any] = field(default_factory=dict)
+    """Classifiers: the gate's per-class view on the test rows (classes, precision, recall, f1, support,
+    confusion_matrix), from the ``loopline.gate.per_class`` tag; empty otherwise."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -78,6 +87,9 @@ class MonitoringStatus:
     kinds: dict[str, str]
     breaches: list[dict[str, Any]]
     rows: int
+    per_class: dict[str, Any] = field(default_factory=dict)
+    """Classifiers: per class (label as text) precision / recall / F1 / support in the window, their verdicts,
+    and the confusion matrix (rows: true, columns: predicted); empty when the check had no labelled rows."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -238,6 +250,18 @@ def _gate_floats(tags: dict[str, str], prefix: str) -> dict[str, float]:
     return out
 
 
+def _per_class_tag(tags: dict[str, str]) -> dict[str, Any]:
+    """The gate's per-class view (JSON) of a version; {} when absent or unreadable (truncated at 5000 chars)."""
+    raw = tags.get(PER_CLASS_TAG)
+    if not raw:
+        return {}
+    try:
+        view = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    return view if isinstance(view, dict) and isinstance(view.get("classes"), list) else {}
+
+
 def version_status(alias: str, mv: ModelVersion) -> VersionStatus:
     tags = dict(mv.tags or {})
     try:
@@ -260,6 +284,7 @@ def version_status(alias: str, mv: ModelVersion) -> VersionStatus:
         compared_with=tags.get(GATE_PREFIX + "champion_version") or None,
         failed_rules=[str(f) for f in failed] if isinstance(failed, list) else [str(failed)],
         retired=tags.get("loopline.retired") == "true",
+        per_class=_per_class_tag(tags),
     )
 
 
@@ -385,7 +410,7 @@ def latest_monitoring(store: Any) -> MonitoringStatus | None:
     last = pc.max(times)
     cols = [
         c
-        for c in ("model_version", "kind", "feature", "slice", "value", "threshold", "verdict")
+        for c in ("model_version", "kind", "feature", "slice", "statistic", "value", "threshold", "verdict")
         if c in dataset.schema.names
     ]
     rows = dataset.to_table(columns=cols, filter=ds.field("checked_at") == last).to_pylist()
@@ -396,7 +421,7 @@ def latest_monitoring(store: Any) -> MonitoringStatus | None:
         if kind not in kinds or _RANK.get(verdict, 0) > _RANK.get(kinds[kind], 0):
             kinds[kind] = verdict
         if verdict == "breach":
-            breaches.append({k: r.get(k) for k in ("kind", "feature", "slice", "value", "threshold")})
+            breaches.append({k: r.get(k) for k in ("kind", "feature", "slice", "statistic", "value", "threshold")})
     if breaches:
         overall = "breach"
     elif any(v == "ok" for v in kinds.values()):
@@ -411,7 +436,38 @@ def latest_monitoring(store: Any) -> MonitoringStatus | None:
         kinds=kinds,
         breaches=breaches,
         rows=len(rows),
+        per_class=monitoring_per_class(rows),
     )
+
+
+def monitoring_per_class(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The per-class view of one monitoring check from its rows (``feature`` = ``per_class`` /
+    ``confusion_matrix``, ``slice`` = ``class=<label>``; see docs/contracts.md); {} when it has none."""
+    classes: list[str] = []
+    stats: dict[str, dict[str, Any]] = {s: {} for s in PER_CLASS_STATS}
+    verdicts: dict[str, dict[str, str]] = {s: {} for s in PER_CLASS_STATS}
+    cells: dict[tuple[str, str], int] = {}
+    for r in rows:
+        feature, slice_, stat = r.get("feature"), r.get("slice") or "", r.get("statistic") or ""
+        if r.get("kind") != "performance" or not slice_.startswith(CLASS_SLICE):
+            continue
+        label = slice_[len(CLASS_SLICE) :]
+        if feature == "per_class" and stat in stats:
+            if label not in classes:
+                classes.append(label)
+            stats[stat][label] = r.get("value")
+            verdicts[stat][label] = r.get("verdict") or "no_data"
+        elif feature == "confusion_matrix" and stat.startswith(PREDICTED):
+            cells[(label, stat[len(PREDICTED) :])] = int(r.get("value") or 0)
+    if not classes:
+        return {}
+    out: dict[str, Any] = {"classes": classes}
+    for s in PER_CLASS_STATS:
+        out[s] = [stats[s].get(c) for c in classes]
+    out["support"] = [int(v) if v is not None else 0 for v in out["support"]]
+    out["verdicts"] = {s: [verdicts[s].get(c, "no_data") for c in classes] for s in PER_CLASS_STATS[:3]}
+    out["confusion_matrix"] = [[cells.get((t, p), 0) for p in classes] for t in classes]
+    return out
 
 
 def table_sizes(store: Any) -> list[Any]:

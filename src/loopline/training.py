@@ -17,6 +17,7 @@ import re
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,17 +31,18 @@ from loopline.evaluation import (
     metric_names,
     small_input_threads,
 )
-from loopline.labels import LabelKind, LabelSpec, spec_for
+from loopline.labels import LabelSpec, spec_for
+from loopline.training_data import FEATURES, Prepared, prepare, read_features, recency_weights, split_frame, test_rows
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     import pandas as pd
 
-    from loopline.config import Project, SplitConfig
+    from loopline.config import Project
     from loopline.runtime import Output
 
-FEATURES = "features"
+__all__ = ["FEATURES", "TrainResult", "prepare", "read_features", "split_frame", "test_rows", "train", "train_job"]
 
 
 @dataclass
@@ -64,149 +66,12 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
     n_unlabelled: int = 0
     label: dict[str, Any] = field(default_factory=dict)
+    refit: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["gate"] = self.gate.to_dict()
         return d
-
-
-@dataclass
-class Prepared:
-    """The features at one version, split, with the model's input columns."""
-
-    features_uri: str
-    features_version: int
-    input_columns: list[str]
-    target: str
-    train: pd.DataFrame
-    valid: pd.DataFrame
-    test: pd.DataFrame
-    kind: LabelKind = "float"
-    categorical: list[str] = field(default_factory=list)
-    n_unlabelled: int = 0
-    classes: list[Any] = field(default_factory=list)  # classifiers: every label in the labelled rows, sorted
-
-
-# ----------------------------------------------------------------------------- data
-def read_features(project: Project, data_version: int | None = None) -> tuple[pd.DataFrame, int, str, Any]:
-    """The whole features table at ``data_version`` (latest by default) as pandas, its version, URI and
-    Arrow schema."""
-    from loopline.tables import DeltaStore
-
-    store = DeltaStore(project.storage_root, project.storage_options)
-    version = store.version(FEATURES) if data_version is None else int(data_version)
-    table = store.read(FEATURES, version=version)
-    return table.to_pandas(), version, store.uri(FEATURES), table.schema
-
-
-def split_frame(
-    df: pd.DataFrame, split: SplitConfig, time_column: str | None, file: str
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Train / validation / test: the latest rows are the test set (time), or a seeded permutation (random)."""
-    import numpy as np
-
-    n = len(df)
-    n_test = max(1, round(n * split.test))
-    n_valid = max(1, round(n * split.valid))
-    if n - n_test - n_valid < 1:
-        raise TrainingError(
-            f"the features table has {n} row(s); a train/validation/test split needs at least 3",
-            hint="ingest more data or lower training.split.valid / training.split.test",
-        )
-    if split.method == "time":
-        col = split.column or time_column
-        if col is None:
-            raise ConfigError(
-                f"{file}: training.split.method is time, but neither training.split.column nor model.time_column "
-                "is set",
-                hint="set model.time_column (or training.split.column), or use training.split.method: random",
-            )
-        if col not in df.columns:
-            raise TrainingError(
-                f"the time split column {col!r} is not in the features table",
-                hint=f"its columns: {', '.join(map(str, df.columns))}",
-            )
-        ordered = df.sort_values(col, kind="stable").reset_index(drop=True)
-    else:
-        ordered = df.iloc[np.random.default_rng(split.seed).permutation(n)].reset_index(drop=True)
-    n_train = n - n_valid - n_test
-    return ordered.iloc[:n_train], ordered.iloc[n_train : n_train + n_valid], ordered.iloc[n_train + n_valid :]
-
-
-def prepare(project: Project, data_version: int | None = None) -> Prepared:
-    """Read the features at a pinned version, check the columns and split them."""
-    from loopline.labels import kind_of_arrow
-
-    cfg = project.config
-    df, version, uri, schema = read_features(project, data_version)
-    if df.empty:
-        raise TrainingError(
-            f"the features table at version {version} is empty ({uri})", hint="run `loopline run ingest` first"
-        )
-    target = cfg.model.target
-    if target not in df.columns:
-        raise TrainingError(
-            f"the features table (version {version}) has no target column {target!r} (model.target)",
-            hint=f"its columns: {', '.join(map(str, df.columns))}",
-        )
-    cols = cfg.model.input_columns([str(c) for c in df.columns])
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise TrainingError(
-            f"the features table (version {version}) has no model input column(s) {missing} (model.features)",
-            hint=f"its columns: {', '.join(map(str, df.columns))}",
-        )
-    if not cols:
-        raise TrainingError(
-            f"the features table (version {version}) has no model input columns",
-            hint="set model.features, or add feature columns to the features hook output",
-        )
-    kind = kind_of_arrow(schema.field(target).type, cfg.model.task)
-    df, n_unlabelled = _labelled(df, target, kind, version)
-    classes = _sorted_unique(df[target]) if cfg.model.task == "classification" else []
-    if cfg.model.task == "classification" and len(classes) < 2:
-        raise TrainingError(
-            f"the target {target!r} has {len(classes)} class(es) in the labelled rows of features version {version} "
-            f"({classes}); a classifier needs at least two",
-            hint="ingest rows of another class, or check model.task",
-        )
-    train, valid, test = split_frame(df, cfg.training.split, cfg.model.time_column, project.config_path.name)
-    categorical = estimators.categorical_columns(df, cols)
-    return Prepared(uri, version, cols, target, train, valid, test, kind, categorical, n_unlabelled, classes)
-
-
-def _labelled(df: pd.DataFrame, target: str, kind: LabelKind, version: int) -> tuple[pd.DataFrame, int]:
-    """Rows whose label has arrived (target not null), the target in its own type; and how many were left out."""
-    import numpy as np
-
-    mask = df[target].notna().to_numpy()
-    n_out = int((~mask).sum())
-    if n_out:
-        df = df.loc[mask].reset_index(drop=True)
-    if df.empty:
-        raise TrainingError(
-            f"every row of the features table (version {version}) has a null target {target!r}: no labels yet",
-            hint="deliver labels (feedback with retraining.use_feedback_labels) or ingest labelled rows",
-        )
-    dtype = {"int": np.int64, "bool": np.bool_, "float": np.float64}.get(kind)
-    if dtype is not None and df[target].dtype != dtype:
-        df = df.assign(**{target: df[target].astype(dtype)})
-    elif kind == "str" and df[target].dtype != object:
-        df = df.assign(**{target: df[target].astype(str).astype(object)})
-    return df, n_out
-
-
-def _sorted_unique(y: pd.Series) -> list[Any]:
-    import numpy as np
-
-    return np.unique(y.to_numpy()).tolist()
-
-
-def test_rows(project: Project, data_version: int | None = None) -> tuple[pd.DataFrame, int]:
-    """The held-out test rows of a features version under the project's split config (for the gate)."""
-    p = prepare(project, data_version)
-    return p.test, p.features_version
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -247,7 +112,10 @@ class _Trainer:
         train = p.train if train is None else train
         if self.cls is not None:
             est = estimators.build(self.cls, params, p.categorical, p.input_columns)
-            return estimators.fit(est, train[p.input_columns], train[p.target], self.name)
+            weights = recency_weights(self.project, train)
+            if weights is not None and not estimators.takes_sample_weight(est):
+                weights = None  # noted once in refit/publish: the estimator takes no sample_weight
+            return estimators.fit(est, train[p.input_columns], train[p.target], self.name, weights)
         assert self.hook is not None
         try:
             model = self.hook(train.copy(), p.valid.copy(), dict(params))
@@ -298,6 +166,24 @@ class _Trainer:
         if spec.binary and spec.threshold is not None and probabilistic:
             model = estimators.with_threshold(model, spec, X, y)
         return model, spec
+
+    def refit(self, p: Prepared, params: dict[str, Any], spec: LabelSpec, notes: list[str], rows: pd.DataFrame) -> Any:
+        """The same parameters fit on ``rows`` (training + validation rows for the evaluated candidate; every
+        labelled row for the registered model), with the decision threshold chosen on the validation rows and
+        calibration learned on cross-validated predictions."""
+        cfg = self.project.config
+        X, y = rows[p.input_columns], rows[p.target]
+        calibrate = cfg.training.calibrate if spec.is_classifier else None
+        if calibrate and self.cls is not None:
+            unfitted = estimators.build(self.cls, params, p.categorical, p.input_columns)
+            model = estimators.calibrate_refit(unfitted, X, y, calibrate)
+        else:
+            model = self.fit(p, params, train=rows)
+            if calibrate:
+                notes.append("training.calibrate: a hook's refit model is not calibrated")
+        if spec.binary and spec.threshold is not None and hasattr(model, "predict_proba"):
+            model = estimators.with_threshold(model, spec, X, y)
+        return model
 
 
 def _output(model: Any, X: pd.DataFrame, spec: LabelSpec) -> Output:
@@ -515,84 +401,134 @@ def publish(
     params: dict[str, Any],
     spec: LabelSpec,
     *,
+    tuned: Any = None,
+    evaluated: Any = None,
     names: list[str] | None = None,
     started: float | None = None,
     notes: list[str] | None = None,
 ) -> tuple[str, str, dict[str, float], GateResult, list[str]]:
     """Inside the active MLflow run: metrics, tags, dataset, model, registered version, gate.
 
-    Returns (model_uri, version, metrics, gate result, notes).
-    """
+    ``model`` is what is registered. ``tuned`` (fit on the training rows) gives the ``valid_*`` metrics;
+    ``evaluated`` (fit on training + validation rows) gives the ``test_*`` metrics, the gate's evidence: the
+    registered refit has seen the test rows. Both default to ``model``. Returns (model_uri, version,
+    metrics, gate result, notes)."""
     import math
     import warnings
 
     import mlflow
+    import pandas as pd
 
-    import loopline
-    from loopline.config import estimator_path
-
+    refit = evaluated is not None and evaluated is not model
+    evaluated = model if evaluated is None else evaluated
+    tuned = evaluated if tuned is None else tuned
     duration = time.perf_counter() - started if started is not None else 0.0  # read + search + fit
     names = names or metric_names(project, spec)
     notes = list(notes or [])
     if p.n_unlabelled:
         notes.append(f"{p.n_unlabelled} row(s) without a label (target null) were left out")
+    if p.n_outside_window:
+        notes.append(f"{p.n_outside_window} labelled row(s) older than the training window were left out")
     metrics: dict[str, float] = {}
     try:
-        metrics |= {f"valid_{m}": v for m, v in _evaluate(model, p.valid, p, names, spec).items()}
+        metrics |= {f"valid_{m}": v for m, v in _evaluate(tuned, p.valid, p, names, spec).items()}
     except Exception as exc:
         notes.append(f"valid metrics not computed: the model raised {type(exc).__name__}: {exc}")
-    commit, dirty = git_info(project.root)
-    tc = project.config.training
-    mlflow.set_tags(
-        {
-            "loopline.features_uri": p.features_uri,
-            "loopline.features_version": str(p.features_version),
-            "loopline.git_commit": commit,
-            "loopline.git_dirty": dirty,
-            "loopline.config_hash": config_hash(project),
-            "loopline.version": loopline.__version__,
-            "loopline.env": project.env,
-            "loopline.split": tc.split.model_dump_json(),
-            "loopline.trainer": tc.hook or estimator_path(project.config) or "",
-            "loopline.label": spec.to_json()[:5000],
-            "loopline.unlabelled_rows": str(p.n_unlabelled),
-            **({"loopline.categorical_inputs": json.dumps(p.categorical)} if p.categorical else {}),
-            **({"loopline.train_notes": json.dumps(notes)[:5000]} if notes else {}),
-        }
-    )
+    fitted_on = p.all_rows() if refit else pd.concat([p.train, p.valid], ignore_index=True)
+    mlflow.set_tags(_run_tags(project, p, spec, refit, fitted_on))
     if params:
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in params.items()})
-    frame = _concat(p)
     with warnings.catch_warnings():  # MLflow's integer-column hint is about model signatures, not datasets
         warnings.simplefilter("ignore", UserWarning)
-        mlflow.log_input(_dataset(frame, p.features_uri, p.features_version, p.target), context="training")
+        mlflow.log_input(_dataset(p.all_rows(), p.features_uri, p.features_version, p.target), context="training")
     info = _log_model(project, model, p.test[p.input_columns].head(5), spec)
     version = str(info.registered_model_version)
-    result = gate(project, version, p.test, metrics=names)
-    if result.candidate_metrics:  # the registered model scored on the test rows: the test metrics
-        metrics |= {f"test_{m}": v for m, v in result.candidate_metrics.items()}
-    else:
+    candidate = None
+    if refit:
         try:
-            metrics |= {f"test_{m}": v for m, v in _evaluate(model, p.test, p, names, spec).items()}
+            candidate = _output(evaluated, p.test[p.input_columns], spec)
         except Exception as exc:
-            notes.append(f"test metrics not computed: the model raised {type(exc).__name__}: {exc}")
+            notes.append(f"the evaluated candidate raised on the test rows: {type(exc).__name__}: {exc}")
+    result = gate(project, version, p.test, metrics=names, candidate=candidate)
+    if result.candidate_metrics:  # the evaluated candidate on the held-out test rows: the test metrics
+        metrics |= {f"test_{m}": v for m, v in result.candidate_metrics.items()}
+    if refit:
+        _log_evaluation(params, metrics, fitted_rows=len(p.train) + len(p.valid))
     if notes:
         mlflow.set_tag("loopline.train_notes", json.dumps(notes)[:5000])
     mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)} | {"training_duration_s": duration})
     return f"models:/{project.registered_model}/{version}", version, metrics, result, notes
 
 
-def _concat(p: Prepared) -> pd.DataFrame:
-    import pandas as pd
+def _run_tags(project: Project, p: Prepared, spec: LabelSpec, refit: bool, fitted_on: pd.DataFrame) -> dict[str, str]:
+    import loopline
+    from loopline.config import estimator_path
 
-    return pd.concat([p.train, p.valid, p.test], ignore_index=True)
+    commit, dirty = git_info(project.root)
+    tc = project.config.training
+    until = p.trained_until(fitted_on)
+    return {
+        "loopline.features_uri": p.features_uri,
+        "loopline.features_version": str(p.features_version),
+        "loopline.git_commit": commit,
+        "loopline.git_dirty": dirty,
+        "loopline.config_hash": config_hash(project),
+        "loopline.version": loopline.__version__,
+        "loopline.env": project.env,
+        "loopline.split": tc.split.model_dump_json(),
+        "loopline.trainer": tc.hook or estimator_path(project.config) or "",
+        "loopline.label": spec.to_json()[:5000],
+        "loopline.unlabelled_rows": str(p.n_unlabelled),
+        "loopline.refit": "true" if refit else "false",
+        "loopline.trained_rows": str(len(fitted_on)),
+        **({"loopline.trained_until": until.isoformat()} if until is not None else {}),
+        **({"loopline.categorical_inputs": json.dumps(p.categorical)} if p.categorical else {}),
+    }
+
+
+def _log_evaluation(params: dict[str, Any], metrics: dict[str, float], fitted_rows: int) -> None:
+    """The evaluated candidate (trained without the validation and test rows) as a nested run, linked both ways."""
+    import math
+
+    import mlflow
+
+    parent = mlflow.active_run()
+    assert parent is not None
+    with mlflow.start_run(run_name="evaluated-candidate", nested=True, experiment_id=parent.info.experiment_id) as ev:
+        mlflow.set_tags({"loopline.refit_run_id": parent.info.run_id, "loopline.trained_rows": str(fitted_rows)})
+        if params:
+            mlflow.log_params({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in params.items()})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)})
+    mlflow.set_tag("loopline.evaluation_run_id", ev.info.run_id)
+
+
+def champion_cutoff(project: Project) -> datetime | None:
+    """The newest event time the current champion was trained on (its run's ``loopline.trained_until``)."""
+    from loopline import tracking
+
+    mv = tracking.alias_version(project, tracking.CHAMPION)
+    if mv is None or not mv.run_id:
+        return None
+    try:
+        tag = tracking.client(project).get_run(mv.run_id).data.tags.get("loopline.trained_until")
+    except Exception:
+        return None
+    try:
+        return datetime.fromisoformat(tag) if tag else None
+    except ValueError:
+        return None
 
 
 def train(
     project: Project, data_version: int | None = None, params_override: dict[str, Any] | None = None
 ) -> TrainResult:
-    """Train on the features table at ``data_version`` (latest by default), register, and gate."""
+    """Train on the features table at ``data_version`` (latest by default), register, and gate.
+
+    The candidate is fit on the training rows and judged on the newest held-out rows (rows after the
+    champion's training cutoff when it is known); with ``training.refit`` the registered model is the
+    same parameters fit on every labelled row."""
     import mlflow
+    import pandas as pd
 
     from loopline import tracking
 
@@ -602,19 +538,29 @@ def train(
     trainer = _Trainer(project)
     if tc.search is None:
         trainer.validate(params)
-    p = prepare(project, data_version)
+    p = prepare(project, data_version, unseen_after=champion_cutoff(project))
     names = metric_names(project, trainer.spec(p))
     exp = tracking.experiment_id(project)
-    notes: list[str] = []
-    with mlflow.start_run(experiment_id=exp, run_name=f"train-{project.env}-v{p.features_version}") as run:
+    notes: list[str] = list(p.notes)
+    if tc.recency_half_life is not None and trainer.cls is not None:
+        probe = estimators.build(trainer.cls, params, p.categorical, p.input_columns)
+        if not estimators.takes_sample_weight(probe):
+            notes.append(f"training.recency_half_life: {trainer.name}.fit takes no sample_weight; rows not weighted")
+    with mlflow.start_run(experiment_id=exp, run_name=f"train-{project.env}-data-v{p.features_version}") as run:
         trials = 0
         if tc.search is not None:
             params, trials = _search(project, trainer, p, params, names)
             mlflow.set_tag("loopline.search_trials", str(trials))
-        model, spec = trainer.finish(trainer.fit(p, params), p, notes)
+        # tuned on the training rows (threshold, calibration and valid_* metrics on the validation rows) ...
+        tuned, spec = trainer.finish(trainer.fit(p, params), p, notes)
+        # ... judged after a fit on training + validation rows (the newest rows it can see) on the test rows ...
+        evaluated = trainer.refit(p, params, spec, notes, pd.concat([p.train, p.valid], ignore_index=True))
+        # ... and registered as a fit on every labelled row
+        model = trainer.refit(p, params, spec, notes, p.all_rows()) if tc.refit else evaluated
         uri, version, metrics, result, notes = publish(
-            project, model, p, params, spec, names=names, started=started, notes=notes
-        )
+            project, model, p, params, spec, tuned=tuned, evaluated=evaluated, names=names, started=started,
+            notes=notes,
+        )  # fmt: skip
         run_id = run.info.run_id
     return TrainResult(
         run_id=run_id,
@@ -634,6 +580,7 @@ def train(
         notes=notes,
         n_unlabelled=p.n_unlabelled,
         label=spec.to_dict(),
+        refit=bool(tc.refit),
     )
 
 

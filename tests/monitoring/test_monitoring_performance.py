@@ -7,6 +7,7 @@ import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -143,3 +144,208 @@ def test_regression_labels_must_be_numbers(tmp_path: Path) -> None:
     )
     with pytest.raises(MonitoringError, match="feedback labels of a regression model must be numbers"):
         evaluate_performance(proj, store, NOW - timedelta(days=1), NOW, {})
+
+
+# ----------------------------------------------------------------------------- typed labels (column contract)
+def typed_batch(
+    store: DeltaStore, preds: pa.Array, labels: pa.Array, probability: list[float] | None = None, **extra: pa.Array
+) -> None:
+    n = len(preds)
+    cols: dict[str, pa.Array] = {
+        "id": pa.array(range(n), pa.int64()),
+        "prediction": preds,
+        "scored_at": pa.array([NOW - timedelta(hours=1)] * n, TS),
+        "_batch_id": pa.array(["b"] * n),
+        "out_of_range": pa.array([False] * n),
+    }
+    if probability is not None:
+        cols["probability"] = pa.array(probability, pa.float64())
+    cols.update(extra)
+    store.append("predictions", pa.table(cols))
+    store.append(
+        "feedback",
+        pa.table(
+            {
+                "request_id": pa.array([None] * n, pa.string()),
+                "id": pa.array(range(n), pa.int64()),
+                "label": labels,
+                "received_at": pa.array([NOW] * n, TS),
+                "_source": ["api"] * n,
+            }
+        ),
+    )
+
+
+def test_binary_f1_is_the_positive_class_and_catches_what_macro_f1_missed(tmp_path: Path) -> None:
+    """The gate's F1 is binary F1 of the positive class: the rare positives are all missed here, which macro F1
+    (the old monitoring F1) averaged away."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from loopline.labels import spec_for
+
+    proj, store = project(tmp_path, metric="f1")
+    y = [0] * 90 + [1] * 10
+    pred = [0] * 90 + [0] * 5 + [1] * 5
+    p1 = [0.1] * 90 + [0.4] * 5 + [0.9] * 5
+    typed_batch(store, pa.array(pred, pa.int64()), pa.array(y, pa.int64()), p1)
+    spec = spec_for("classification", "int", [0, 1], target="y")
+    perf = evaluate_performance(proj, store, NOW - timedelta(days=1), NOW, {"f1": 0.8, "roc_auc": 0.9}, spec)
+    got = {c.metric: c.value for c in perf.checks if c.slice is None}
+    assert got["f1"] == pytest.approx(f1_score(y, pred)) == pytest.approx(2 / 3)
+    assert f1_score(y, pred, average="macro") > 0.72  # the old F1: within 10% of 0.8, no breach
+    assert perf.verdict == "breach" and perf.watched is not None and perf.watched.threshold == pytest.approx(0.72)
+    assert got["roc_auc"] == pytest.approx(roc_auc_score(y, p1))
+    recall = {c.label: c for c in perf.class_checks if c.statistic == "recall"}
+    assert recall[1].value == pytest.approx(0.5) and recall[1].n == 10 and recall[1].verdict == "ok"  # no gate view
+
+
+def test_roc_auc_can_be_watched_and_needs_probabilities(tmp_path: Path) -> None:
+    from loopline.labels import spec_for
+
+    proj, store = project(tmp_path, metric="roc_auc")
+    spec = spec_for("classification", "bool", [False, True], target="y")
+    typed_batch(store, pa.array([True, False, True, False]), pa.array([True, False, False, False]))
+    perf = evaluate_performance(proj, store, NOW - timedelta(days=1), NOW, {"roc_auc": 0.9}, spec)
+    assert perf.verdict == "no_data" and perf.n_labelled == 4
+    assert perf.message == (
+        "roc_auc not computed on 4 labelled predictions: roc_auc, log_loss not computed: the labelled predictions "
+        "have no probability / probabilities column"
+    )
+    assert {c.metric for c in perf.checks if c.slice is None} == {"accuracy", "f1"}
+
+
+def test_old_text_columns_parse_with_the_spec_and_unknown_labels_are_left_out(tmp_path: Path) -> None:
+    from loopline.labels import spec_for
+
+    proj, store = project(tmp_path)
+    spec = spec_for("classification", "bool", [False, True], target="y")
+    # predictions as str(np.bool_) wrote them, labels as text from an old feedback API, one label not a class
+    typed_batch(
+        store, pa.array(["True", "False", "True", "False", "True"]), pa.array(["true", "false", "0", "0", "maybe"])
+    )
+    perf = evaluate_performance(proj, store, NOW - timedelta(days=1), NOW, {}, spec)
+    assert perf.n_labelled == 4 and perf.watched is not None and perf.watched.value == pytest.approx(0.75)
+    assert perf.notes == [
+        "1 feedback label(s) not one of the model's classes [False, True] were left out (predictions): 'maybe' (1)",
+        "roc_auc, log_loss not computed: the labelled predictions have no probability / probabilities column",
+    ]
+
+
+def test_multiclass_probabilities_map_in_the_models_class_order(tmp_path: Path) -> None:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    from loopline.labels import spec_for
+
+    proj, store = project(tmp_path, metric="roc_auc")
+    spec = spec_for("classification", "str", ["a", "b", "c"], target="y")
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet([1, 1, 1], size=60)
+    y = rng.choice(["a", "b", "c"], size=60)
+    pred = np.array(["a", "b", "c"])[proba.argmax(axis=1)]
+    # the map's entries in another order than the model's classes, keys as the label type
+    maps = [[("c", float(r[2])), ("a", float(r[0])), ("b", float(r[1]))] for r in proba]
+    typed_batch(
+        store,
+        pa.array(pred.tolist()),
+        pa.array(y.tolist()),
+        proba.max(axis=1).tolist(),
+        probabilities=pa.array(maps, pa.map_(pa.string(), pa.float64())),
+    )
+    perf = evaluate_performance(proj, store, NOW - timedelta(days=1), NOW, {"roc_auc": 0.5}, spec)
+    got = {c.metric: c.value for c in perf.checks if c.slice is None}
+    assert got["roc_auc"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", labels=["a", "b", "c"]))
+    assert got["log_loss"] == pytest.approx(log_loss(y, proba, labels=["a", "b", "c"]))
+    assert perf.per_class["classes"] == ["a", "b", "c"] and sum(perf.per_class["support"]) == 60
+
+
+def test_binary_metric_on_a_multiclass_model_is_a_config_error(tmp_path: Path) -> None:
+    from loopline.errors import ConfigError
+    from loopline.labels import spec_for
+
+    proj, store = project(tmp_path, metric="f1")
+    spec = spec_for("classification", "str", ["a", "b", "c"], target="y")
+    typed_batch(store, pa.array(["a"]), pa.array(["a"]))
+    with pytest.raises(ConfigError, match=r"monitoring\.performance\.metric: 'f1' is a binary metric, but the target"):
+        evaluate_performance(proj, store, NOW - timedelta(days=1), NOW, {}, spec)
+
+
+def test_classifier_range_is_the_probability_column(tmp_path: Path) -> None:
+    from loopline.labels import spec_for
+
+    proj, store = project(tmp_path, source="both", extra="gate: {prediction_range: [0.05, 0.95]}")
+    spec = spec_for("classification", "int", [0, 1], target="y")
+    n = 6
+    store.append(
+        "inference_log",
+        pa.table(
+            {
+                "request_id": [str(i) for i in range(n)],
+                "timestamp": pa.array([NOW - timedelta(minutes=i + 1) for i in range(n)], TS),
+                "status": pa.array([200] * n, pa.int64()),
+                "prediction": pa.array([0, 0, 1, 1, 1, 0], pa.int64()),
+                "probability": pa.array([0.01, 0.3, 0.99, 0.7, 0.6, None]),
+            }
+        ),
+    )
+    typed_batch(store, pa.array([1, 0], pa.int64()), pa.array([1, 0], pa.int64()), [0.97, 0.2])
+    store.append(
+        "predictions",
+        pa.table(
+            {
+                "id": pa.array([5], pa.int64()),
+                "prediction": pa.array([1], pa.int64()),
+                "scored_at": pa.array([NOW - timedelta(hours=1)], TS),
+                "out_of_range": pa.array([True]),
+            }
+        ),
+    )
+    got = check_range(proj, store, NOW - timedelta(hours=2), NOW, spec)
+    assert got is not None and got.column == "probability"
+    assert (got.n, got.n_out) == (5 + 3, 2 + 1)  # log: 0.01 and 0.99 out, the null not counted; batch: its flags
+    assert got.message == "3 of 8 probabilities out of range (37.50%, limit 1.00%)"
+
+
+def test_latest_verdicts_takes_the_worse_prediction_drift_row(tmp_path: Path) -> None:
+    from loopline.monitoring.monitor import MONITORING_SCHEMA, latest_verdicts
+
+    proj, store = project(tmp_path)
+    base = {
+        "checked_at": NOW,
+        "window_start": NOW - timedelta(days=7),
+        "window_end": NOW,
+        "model_version": "3",
+        "slice": None,
+        "threshold": 0.1,
+        "n_reference": 10,
+        "n_current": 10,
+    }
+    rows = [
+        {**base, "kind": "prediction_drift", "feature": "prediction", "statistic": "jensenshannon", "value": 0.3},
+        {**base, "kind": "prediction_drift", "feature": "probability", "statistic": "wasserstein", "value": 0.01},
+        {**base, "kind": "performance", "feature": "accuracy", "statistic": "accuracy", "value": 0.9},
+        {
+            **base,
+            "kind": "performance",
+            "feature": "per_class",
+            "statistic": "recall",
+            "value": 0.1,
+            "slice": "class=b",
+        },
+    ]
+    verdicts = ["breach", "ok", "ok", "breach"]
+    table = pa.Table.from_pylist([{**r, "verdict": v} for r, v in zip(rows, verdicts, strict=True)])
+    store.append("monitoring", table.select(MONITORING_SCHEMA.names).cast(MONITORING_SCHEMA))
+    got = latest_verdicts(proj)
+    # the per-class row is information: the watched metric (accuracy) decides performance
+    assert got["kinds"] == {"prediction_drift": "breach", "performance": "ok"} and got["verdict"] == "breach"
+
+
+def test_a_champion_without_classes_takes_them_from_the_rows(tmp_path: Path) -> None:
+    """A hook model with no ``classes_``: its label type is kept, the classes are those of the labelled rows."""
+    from loopline.labels import LabelSpec
+
+    proj, store = project(tmp_path, metric="f1")
+    typed_batch(store, pa.array(["0", "1", "1", "0"]), pa.array([0, 1, 0, 0], pa.int64()))
+    perf = evaluate_performance(proj, store, NOW - timedelta(days=1), NOW, {}, LabelSpec("classification", "int"))
+    assert perf.per_class["classes"] == [0, 1] and perf.watched is not None
+    assert perf.watched.value == pytest.approx(2 / 3)  # positive class 1: precision 1/2, recall 1

@@ -70,7 +70,19 @@ def fail(exc: LooplineError) -> None:
 def _register() -> None:
     import importlib
 
-    for name in ("data", "pipeline", "scaffold", "lifecycle", "batch", "serving", "monitor", "ops", "status", "loop"):
+    for name in (
+        "data",
+        "pipeline",
+        "scaffold",
+        "lifecycle",
+        "batch",
+        "serving",
+        "monitor",
+        "ops",
+        "status",
+        "loop",
+        "replay",
+    ):
         importlib.import_module(f"loopline.cli.{name}")
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
-from loopline.cli.window import SinceOpt, UntilOpt, WindowOpt, when, window_length
+from loopline.cli.window import SinceOpt, TimeOpt, UntilOpt, WindowOpt, time_basis, when, window_length
 
 if TYPE_CHECKING:
     from loopline.loop import LoopResult
@@ -31,6 +30,7 @@ def _run(
     scheduled: bool,
     params: list[str] | None,
     as_json: bool,
+    time: str | None = None,
 ) -> None:
     from loopline.jobs import run_job
     from loopline.sources import parse_params
@@ -44,6 +44,7 @@ def _run(
         "until": when(until, "--until"),
         "scheduled": scheduled,
         "params": parse_params(params or [], source or "retraining.source"),
+        "time": time_basis(time),
     }
     with console.status("loop: monitoring"):
         record = run_job(project, "loop", **options)
@@ -94,56 +95,10 @@ def loop_command(
     scheduled: ScheduledOpt = False,
     param: ParamOpt = None,
     json_out: JsonOpt = False,
+    time: TimeOpt = None,
 ) -> None:
     """Monitor; on a breach (or --scheduled) retrain, gate and promote. Exit 4: refused, 12: needs review."""
-    _run(project, env, window, since, until, scheduled, param, json_out)
+    _run(project, env, window, since, until, scheduled, param, json_out, time)
 
 
 run_app.command("loop", help="Run the loop once (as a job, like `loopline loop`).")(loop_command)
-
-
-@app.command("demo")
-def demo_command(
-    project: Annotated[Path, typer.Option("--project", "-p", help="The Bikeshare example project.")] = Path(
-        "examples/bikeshare"
-    ),
-    env: Annotated[str, typer.Option("--env", "-e", help="Environment the demo runs in (its state is reset).")] = "dev",
-    sample: Annotated[int, typer.Option(help="Rows per month sent through the HTTP server.")] = 24,
-    last_month: Annotated[int, typer.Option(help="Replay April through this month (4-12).", min=4, max=12)] = 12,
-    keep: Annotated[bool, typer.Option("--keep", help="Keep the environment's existing state.")] = False,
-) -> None:
-    """Replay 2011 of Capital Bikeshare through the whole loop and print month by month what happened."""
-    from rich.table import Table
-
-    from loopline.demo import run_demo
-
-    result = run_demo(
-        project,
-        env=env,
-        months=range(4, last_month + 1),
-        sample=sample,
-        fresh=not keep,
-        say=lambda line: console.print(line, highlight=False),
-    )
-    table = Table(title="2011 replayed: champion vs the never-retrained Jan-Mar model", title_justify="left")
-    for col in ("month", "rows", "champion", "MAE champion", "MAE Jan-Mar model", "drift share", "served", "action"):
-        table.add_column(col, justify="left" if col in ("month", "action") else "right")
-    for m in result.months:
-        share = "-" if m.drift_share is None else f"{m.drift_share:.2f}"
-        table.add_row(
-            datetime(2011, m.month, 1).strftime("%b"),
-            str(m.rows),
-            f"v{m.champion_version}",
-            f"{m.mae_champion:.1f}",
-            f"{m.mae_baseline:.1f}",
-            share,
-            str(m.served),
-            m.action,
-        )
-    console.print(table)
-    console.print(
-        f"MAE over the replayed months: loop {result.mae_loop:.1f} vs never retrained "
-        f"{result.mae_baseline:.1f} ({result.seconds:.0f} s)"
-    )
-    if result.report:
-        console.print(f"HTML report: {result.report}")

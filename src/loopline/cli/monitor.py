@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from loopline.cli import EnvOpt, ProjectOpt, app, console, load, run_app
-from loopline.cli.window import SinceOpt, UntilOpt, WindowOpt, when, window_length
+from loopline.cli.window import SinceOpt, TimeOpt, UntilOpt, WindowOpt, time_basis, when, window_length
 
 if TYPE_CHECKING:
     from loopline.monitoring.monitor import MonitorResult
+    from loopline.monitoring.performance import PerformanceResult
 
 VERDICT_STYLE = {"ok": "green", "breach": "bold red", "no_data": "yellow"}
 
@@ -37,7 +38,7 @@ def print_result(result: MonitorResult) -> None:
     table = Table(title="feature drift", title_justify="left")
     for col in ("feature", "statistic", "value", "threshold", "verdict", "ref n", "cur n"):
         table.add_column(col, justify="right" if col in ("value", "threshold", "ref n", "cur n") else "left")
-    rows = list(r.drift.features) + ([r.prediction_drift] if r.prediction_drift else [])
+    rows = list(r.drift.features) + list(r.prediction_drifts)
     for f in rows:
         stat = f"{f.statistic} (p-value)" if f.statistic in ("ks", "chi2") else f.statistic
         table.add_row(
@@ -55,11 +56,9 @@ def print_result(result: MonitorResult) -> None:
         _verdict(d.verdict),
         ", ".join(d.drifted) or "none drifted",
     )
-    if r.prediction_drift:
-        p = r.prediction_drift
-        checks.add_row(
-            f"prediction drift ({p.statistic})", _num(p.value), _num(p.threshold), _verdict(p.verdict), p.detail
-        )
+    for p in r.prediction_drifts:
+        what = "prediction drift" if p.feature == "prediction" else f"{p.feature} drift"
+        checks.add_row(f"{what} ({p.statistic})", _num(p.value), _num(p.threshold), _verdict(p.verdict), p.detail)
     if r.performance:
         w = r.performance.watched
         checks.add_row(
@@ -71,18 +70,46 @@ def print_result(result: MonitorResult) -> None:
         )
     if r.range:
         checks.add_row(
-            "prediction range (share out)",
+            f"{r.range.column} range (share out)",
             _num(r.range.share),
             _num(r.range.threshold),
             _verdict(r.range.verdict),
             r.range.message,
         )
     console.print(checks)
+    if r.performance is not None:
+        for note in r.performance.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
+        if r.performance.class_checks:
+            console.print(per_class_table(r.performance))
     console.print(f"verdict: {_verdict(r.verdict)} · ", end="")
     console.print(r.message, markup=False, highlight=False)
     if r.report_html:
         console.print(f"report: {r.report_html}", highlight=False)
         console.print(f"json:   {r.report_json}", highlight=False)
+
+
+def per_class_table(perf: PerformanceResult) -> Any:
+    """Precision / recall / F1 per class in the window (gate-time value in parentheses) and support."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from loopline.monitoring.performance import label_text
+
+    table = Table(title="per class: window (gate-time test)", title_justify="left")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    by_class: dict[str, dict[str, Any]] = {}
+    for c in perf.class_checks:
+        cell = _num(c.value) + (f" ({_num(c.baseline)})" if c.baseline is not None else "")
+        if c.verdict == "breach":
+            cell = f"[bold red]{cell}[/]"
+        by_class.setdefault(escape(label_text(c.label)), {"support": c.n})[c.statistic] = cell
+    for label, cells in by_class.items():
+        table.add_row(
+            label, cells.get("precision", "-"), cells.get("recall", "-"), cells.get("f1", "-"), str(cells["support"])
+        )
+    return table
 
 
 def _finish(result: MonitorResult) -> None:
@@ -98,6 +125,7 @@ def monitor_cmd(
     window: WindowOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    time: TimeOpt = None,
 ) -> None:
     """Compare a window of production inputs with the champion's training data; check labels and range.
 
@@ -108,7 +136,8 @@ def monitor_cmd(
 
     length = window_length(window)
     proj = load(project, env)
-    _finish(monitor(proj, length, when(since, "--since"), when(until, "--until")))
+    basis = time_basis(time)
+    _finish(monitor(proj, length, when(since, "--since"), when(until, "--until"), time=basis))
 
 
 @run_app.command("monitor")
@@ -118,16 +147,14 @@ def run_monitor(
     window: WindowOpt = None,
     since: SinceOpt = None,
     until: UntilOpt = None,
+    time: TimeOpt = None,
 ) -> None:
     """Run the monitor job (recorded in the `runs` table); exit 10 on a breach."""
     from loopline.jobs import run_job
 
     proj = load(project, env)
-    options: dict[str, object] = {
-        k: v
-        for k, v in (("window", window), ("since", when(since, "--since")), ("until", when(until, "--until")))
-        if v is not None
-    }
+    given = (("window", window), ("since", when(since, "--since")), ("until", when(until, "--until")))
+    options: dict[str, object] = {k: v for k, v in (*given, ("time", time_basis(time))) if v is not None}
     record = run_job(proj, "monitor", **options)  # type: ignore[arg-type]
     if record.status == "skipped":
         console.print(f"monitor skipped: {record.summary()}", highlight=False)

@@ -60,6 +60,7 @@ def status_cmd(project: ProjectOpt = None, env: EnvOpt = None, as_json: JsonOpt 
 
 
 def _render(r: StatusReport) -> None:
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.table import Table
 
@@ -90,6 +91,8 @@ def _render(r: StatusReport) -> None:
     if r.latest is not None:
         models.add_row(*_version_row(r.latest))
     console.print(models)
+    if r.champion is not None and r.champion.per_class:
+        console.print(f"champion v{r.champion.version} per class (gate): " + per_class_line(r.champion.per_class))
 
     runs = Table(title="last run of each job", title_justify="left")
     for col in ("job", "status", "started (UTC)", "duration", "detail"):
@@ -117,11 +120,14 @@ def _render(r: StatusReport) -> None:
         lines = [f"verdict {_styled(m.verdict)} · checked {_ts(m.checked_at)} UTC · model version {m.model_version}"]
         if m.kinds:
             lines.append(" · ".join(f"{k} {_styled(v)}" for k, v in sorted(m.kinds.items())))
+        if m.per_class:
+            lines.append("per class (window): " + per_class_line(m.per_class))
         for b in m.breaches[:10]:
             value = f"{b['value']:.4g}" if isinstance(b.get("value"), float) else "-"
             limit = f"{b['threshold']:.4g}" if isinstance(b.get("threshold"), float) else "-"
-            where = f" [{b['slice']}]" if b.get("slice") else ""
-            lines.append(f"  [red]breach[/] {b['kind']}: {b['feature']}{where} = {value} (threshold {limit})")
+            where = f" \\[{escape(b['slice'])}]" if b.get("slice") else ""
+            stat = f" {b['statistic']}" if b.get("feature") == "per_class" and b.get("statistic") else ""
+            lines.append(f"  [red]breach[/] {b['kind']}: {b['feature']}{where}{stat} = {value} (threshold {limit})")
         if len(m.breaches) > 10:
             lines.append(f"  ... and {len(m.breaches) - 10} more")
         console.print(Panel.fit("\n".join(lines), title="monitoring", title_align="left"))
@@ -143,6 +149,32 @@ def _render(r: StatusReport) -> None:
         console.print(tables)
     review = "[bold red]yes[/] (exit code 12)" if r.review.needed else "[green]no[/]"
     console.print(f"needs review: {review}")
+
+
+PER_CLASS_SHOWN = 8
+
+
+def per_class_line(view: dict[str, Any]) -> str:
+    """``label P=.. R=.. F1=.. n=..`` per class, ``·``-separated (a breached statistic in red)."""
+    from rich.markup import escape
+
+    classes = list(view.get("classes") or [])
+    verdicts = view.get("verdicts") or {}
+    parts = []
+    for i, cls in enumerate(classes[:PER_CLASS_SHOWN]):
+        label = ("true" if cls else "false") if isinstance(cls, bool) else str(cls)
+        cells = []
+        for stat, short in (("precision", "P"), ("recall", "R"), ("f1", "F1")):
+            values = view.get(stat) or []
+            v = values[i] if i < len(values) else None
+            text = f"{short}={v:.2f}" if isinstance(v, (int, float)) else f"{short}=-"
+            if i < len(verdicts.get(stat, [])) and verdicts[stat][i] == "breach":
+                text = f"[bold red]{text}[/]"
+            cells.append(text)
+        support = (view.get("support") or [])[i] if i < len(view.get("support") or []) else "-"
+        parts.append(f"{escape(label)} {' '.join(cells)} n={support}")
+    more = f" · ... and {len(classes) - PER_CLASS_SHOWN} more" if len(classes) > PER_CLASS_SHOWN else ""
+    return " · ".join(parts) + more
 
 
 def _version_row(v: VersionStatus) -> list[str]:
@@ -193,12 +225,19 @@ def review_list(
         console.print(f"nothing to review in env {p.env!r}{done}.")
         return
     table = Table(title=f"flagged for review · env {p.env} · newest first", title_justify="left")
-    for col in ("source", "request id / key", "prediction", "reason", "model", "when (UTC)"):
+    for col in ("source", "request id / key", "prediction", "confidence", "reason", "model", "when (UTC)"):
         table.add_column(col)
     for f in result.items:
         pred = f"{f.prediction:.4g}" if isinstance(f.prediction, float) else str(f.prediction)
+        conf = f"{f.confidence:.3g}" if f.confidence is not None else ""
         table.add_row(
-            f.source, Text(f.ref), pred, Text(f.reason), f"v{f.model_version}" if f.model_version else "", _ts(f.at)
+            f.source,
+            Text(f.ref),
+            Text(pred),
+            conf,
+            Text(f.reason),
+            f"v{f.model_version}" if f.model_version else "",
+            _ts(f.at),
         )
     console.print(table)
     console.print(
@@ -209,7 +248,12 @@ def review_list(
 
 @review_app.command("label")
 def review_label(
-    label: Annotated[str, typer.Option("--label", "-l", help="The correct label (a number for regression).")],
+    label: Annotated[
+        str,
+        typer.Option(
+            "--label", "-l", help="The correct label: a number for regression, one of the champion's classes else."
+        ),
+    ],
     request_id: Annotated[
         str | None, typer.Option("--request-id", "-r", help="Request id from the inference log.", show_default=False)
     ] = None,
@@ -224,7 +268,8 @@ def review_label(
     env: EnvOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Record an expert's label for one prediction as feedback (`_source` = review)."""
+    """Record an expert's label for one prediction as feedback (`_source` = review), typed with the champion's
+    label contract (an int, bool or text class); a value that is not one of its classes is refused."""
     from loopline.review import label as record
 
     p = load(project, env)

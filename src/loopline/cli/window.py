@@ -22,8 +22,28 @@ SinceOpt = Annotated[
 ]
 UntilOpt = Annotated[
     str | None,
-    typer.Option("--until", help="Window end (exclusive), ISO 8601; default now.", show_default=False),
+    typer.Option(
+        "--until",
+        help="Window end (exclusive), ISO 8601; default now (event time: the newest row's time).",
+        show_default=False,
+    ),
 ]
+TimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--time",
+        help="event: windows on model.time_column (rows count when they happened); wall: when they were "
+        "scored or logged (default: monitoring.time).",
+        show_default=False,
+    ),
+]
+
+
+def time_basis(value: str | None) -> str | None:
+    """`--time` as event or wall; a usage error names the option."""
+    if value is None or value in ("event", "wall"):
+        return value
+    raise typer.BadParameter(f"must be event or wall, got {value!r}", param_hint="'--time'")
 
 
 def when(value: str | None, option: str) -> datetime | None:

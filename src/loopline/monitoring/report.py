@@ -2,8 +2,11 @@
 from the network, so it opens offline) and the same content as JSON.
 
 Sections: verdict and checks; per-feature drift table; reference vs current distributions of every
-drifted feature (and of the predictions); metrics over time from the ``monitoring`` table; actions
-taken (rows of the ``decisions`` table when the loop wrote any, plus ``result.actions``).
+drifted feature (and of the predictions: labels and probabilities); performance on labelled
+predictions; for classifiers the per-class view (precision, recall, F1 in the window against the
+gate's per-class view of the champion, as a chart and a table) and the confusion matrix; metrics over
+time from the ``monitoring`` table; actions taken (rows of the ``decisions`` table when the loop wrote
+any, plus ``result.actions``).
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ if TYPE_CHECKING:
     from loopline.config import Project
     from loopline.monitoring.drift import FeatureDrift
     from loopline.monitoring.monitor import MonitorResult
+    from loopline.monitoring.performance import PerformanceResult
     from loopline.tables import DeltaStore
 
 HISTORY_CHECKS = 60
 REF_COLOR = "#4c78a8"
 CUR_COLOR = "#f58518"
+CLASS_COLORS = {"precision": "#4c78a8", "recall": "#f58518", "f1": "#54a24b"}
+MAX_CLASSES_CHART = 30
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1100px}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
@@ -33,6 +39,7 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px sol
 th{background:#f4f4f4} .ok{color:#1a7f37;font-weight:600} .breach{color:#cf222e;font-weight:600}
 .no_data{color:#9a6700;font-weight:600} .muted{color:#666;font-size:12px}
 .grid{display:flex;flex-wrap:wrap;gap:16px} .card{border:1px solid #ddd;padding:8px;border-radius:4px}
+td.num{text-align:right} table.cm td{text-align:right;min-width:36px} table.cm td.diag{font-weight:700}
 """
 
 
@@ -149,6 +156,107 @@ def svg_line(
     return "".join(parts)
 
 
+def svg_per_class(view: dict[str, Any], gate: dict[str, Any], width: int = 640, height: int = 220) -> str:
+    """Precision, recall and F1 per class in the window (bars) with the gate-time values (black ticks)."""
+    classes = list(view.get("classes", []))[:MAX_CLASSES_CHART]
+    if not classes:
+        return ""
+    gate_at = {_label(c): i for i, c in enumerate(gate.get("classes", []))}
+    left, bottom, top = 36, 40, 22
+    pw, ph = width - left - 8, height - bottom - top
+    slot = pw / len(classes)
+    bar = max((slot - 4) / 3, 0.5)
+    parts = [
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img">',
+        f'<text x="{left}" y="14" font-size="12" font-weight="600">per class: window (bars) vs gate (ticks)</text>',
+        f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#999"/>',
+        f'<text x="2" y="{top + 8}" font-size="10">1.0</text><text x="2" y="{top + ph}" font-size="10">0</text>',
+    ]
+    for i, cls in enumerate(classes):
+        x0 = left + i * slot + 2
+        j = gate_at.get(_label(cls))
+        for k, stat in enumerate(("precision", "recall", "f1")):
+            v = view[stat][i]
+            x = x0 + k * bar
+            h = ph * max(min(float(v), 1.0), 0.0)
+            parts.append(
+                f'<rect x="{x:.1f}" y="{top + ph - h:.1f}" width="{bar:.1f}" height="{h:.1f}" '
+                f'fill="{CLASS_COLORS[stat]}" fill-opacity="0.85">'
+                f"<title>{_e(_label(cls))} {stat} {v:.3f}</title></rect>"
+            )
+            g = gate.get(stat)
+            if j is not None and isinstance(g, list) and j < len(g):
+                gy = top + ph - ph * max(min(float(g[j]), 1.0), 0.0)
+                parts.append(f'<line x1="{x:.1f}" y1="{gy:.1f}" x2="{x + bar:.1f}" y2="{gy:.1f}" stroke="#000"/>')
+        parts.append(
+            f'<text x="{x0 + 1.5 * bar:.1f}" y="{top + ph + 12}" font-size="9" text-anchor="middle">'
+            f"{_e(_label(cls)[:10])}</text>"
+        )
+    x = left
+    for stat, color in CLASS_COLORS.items():
+        parts.append(
+            f'<rect x="{x}" y="{height - 12}" width="10" height="8" fill="{color}"/>'
+            f'<text x="{x + 14}" y="{height - 4}" font-size="10">{stat}</text>'
+        )
+        x += 80
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _label(v: Any) -> str:
+    from loopline.monitoring.performance import label_text
+
+    return label_text(v)
+
+
+def confusion_table(view: dict[str, Any]) -> str:
+    """The confusion matrix (rows: true label, columns: predicted), cells shaded by their share of the row."""
+    classes = [_label(c) for c in view.get("classes", [])]
+    cm = view.get("confusion_matrix") or []
+    if not classes or not cm:
+        return ""
+    out = ['<table class="cm"><tr><th>true ↓ · predicted →</th>' + "".join(f"<th>{_e(c)}</th>" for c in classes)]
+    out.append("<th>support</th></tr>")
+    for i, row in enumerate(cm):
+        total = sum(row) or 1
+        cells = []
+        for j, count in enumerate(row):
+            share = count / total
+            color = "26,127,55" if i == j else "207,34,46"
+            style = f' style="background:rgba({color},{0.08 + 0.5 * share:.2f})"' if count else ""
+            cls = ' class="diag"' if i == j else ""
+            cells.append(f"<td{cls}{style}>{count}</td>")
+        out.append(f"<tr><th>{_e(classes[i])}</th>{''.join(cells)}<td>{sum(row)}</td></tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def per_class_table(r: PerformanceResult) -> str:
+    """Precision, recall, F1 per class: window value, gate-time value, limit, verdict; support."""
+    if not r.class_checks:
+        return ""
+    support = {
+        _label(c): n for c, n in zip(r.per_class.get("classes", []), r.per_class.get("support", []), strict=False)
+    }
+    gate_support = {
+        _label(c): n
+        for c, n in zip(r.per_class_gate.get("classes", []), r.per_class_gate.get("support", []), strict=False)
+    }
+    out = [
+        "<table><tr><th>class</th><th>statistic</th><th>window</th><th>gate-time test</th><th>limit</th>"
+        "<th>verdict</th><th>support (window)</th><th>support (gate)</th></tr>"
+    ]
+    for c in r.class_checks:
+        label = _label(c.label)
+        out.append(
+            f"<tr><td>{_e(label)}</td><td>{_e(c.statistic)}</td><td class=num>{_num(c.value)}</td>"
+            f"<td class=num>{_num(c.baseline)}</td><td class=num>{_num(c.threshold)}</td><td>{_verdict(c.verdict)}</td>"
+            f"<td class=num>{support.get(label, 0)}</td><td class=num>{_e(gate_support.get(label, '-'))}</td></tr>"
+        )
+    out.append("</table>")
+    return "".join(out)
+
+
 # ----------------------------------------------------------------------------- HTML
 def _history(store: DeltaStore | None) -> pa.Table | None:
     if store is None or not store.exists("monitoring"):
@@ -204,10 +312,10 @@ def render_html(
         f"<td>{_num(d.drift_share)}</td><td>{_verdict(d.verdict)}</td>"
         f"<td>{_e(', '.join(d.drifted) or 'none drifted')}</td></tr>"
     )
-    if r.prediction_drift:
-        p = r.prediction_drift
+    for p in r.prediction_drifts:
+        what = "prediction drift" if p.feature == "prediction" else f"prediction drift ({p.feature})"
         out.append(
-            f"<tr><td>prediction drift</td><td>{_e(p.statistic)}</td><td>{_num(p.value)}</td>"
+            f"<tr><td>{_e(what)}</td><td>{_e(p.statistic)}</td><td>{_num(p.value)}</td>"
             f"<td>{_num(p.threshold)}</td><td>{_verdict(p.verdict)}</td><td>{_e(p.detail)}</td></tr>"
         )
     if r.performance:
@@ -219,7 +327,8 @@ def render_html(
         )
     if r.range:
         out.append(
-            f"<tr><td>prediction range</td><td>out_of_range_share</td><td>{_num(r.range.share)}</td>"
+            f"<tr><td>prediction range ({_e(r.range.column)})</td><td>out_of_range_share</td>"
+            f"<td>{_num(r.range.share)}</td>"
             f"<td>{_num(r.range.threshold)}</td><td>{_verdict(r.range.verdict)}</td>"
             f"<td>{_e(r.range.message)}</td></tr>"
         )
@@ -242,8 +351,7 @@ def render_html(
         )
 
     drifted: list[FeatureDrift] = [f for f in d.features if f.drifted]
-    if r.prediction_drift and r.prediction_drift.drifted:
-        drifted.append(r.prediction_drift)
+    drifted += [p for p in r.prediction_drifts if p.drifted]
     out.append("<h2>Distributions of drifted columns (reference vs current)</h2>")
     charts = [svg_distribution(f"{f.feature} · {f.statistic} {_num(f.value)}", f.plot) for f in drifted]
     charts = [c for c in charts if c]
@@ -265,6 +373,18 @@ def render_html(
                 f"<td>{c.n}</td></tr>"
             )
         out.append("</table>")
+    if r.performance and r.performance.notes:
+        out.append("".join(f'<p class="muted">note: {_e(n)}</p>' for n in r.performance.notes))
+    if r.performance and r.performance.per_class:
+        perf = r.performance
+        out.append("<h2>Per class (labelled predictions in the window vs the gate)</h2>")
+        chart = svg_per_class(perf.per_class, perf.per_class_gate)
+        if chart:
+            out.append(f'<div class="card">{chart}</div>')
+        out.append(per_class_table(perf))
+        out.append("<h3>Confusion matrix (window)</h3>" + confusion_table(perf.per_class))
+        if perf.per_class_gate.get("confusion_matrix"):
+            out.append("<h3>Confusion matrix (gate-time test rows)</h3>" + confusion_table(perf.per_class_gate))
 
     out.append("<h2>Over time</h2>")
     lines = []
@@ -273,7 +393,7 @@ def render_html(
     if r.performance:
         s, t = _series(history, "performance", r.performance.metric)
         lines.append(svg_line(f"{r.performance.metric} on labelled predictions", s, t))
-    s, t = _series(history, "range", "prediction")
+    s, t = _series(history, "range", r.range.column if r.range else None)
     lines.append(svg_line("share of predictions out of range", s, t))
     lines = [x for x in lines if x]
     out.append(
