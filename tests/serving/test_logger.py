@@ -251,4 +251,24 @@ def test_classifier_rows_of_another_label_type_and_without_probabilities() -> No
     assert table.column("probabilities").to_pylist() == [[("0", 0.3), ("1", 0.7)], [("a", 0.6), ("b", 0.4)], None]
     assert table.column("probability").to_pylist() == [0.7, 0.4, None]
     only_plain = build_table([plain], "classification", Redactor({}, "X"))
-    assert only_plain.schema.field("prediction").type == pa.int64() and "probabilities" not in only_plain.column_names
+    assert only_plain.schema.field("prediction").type == pa.int64()
+    assert only_plain.column("probability").to_pylist() == [None]  # as in predictions: present, null
+    assert only_plain.schema.field("probabilities").type == pa.map_(pa.int64(), pa.float64())
+
+
+@pytest.mark.parametrize("kind", ["int", "bool", "str"])
+def test_classifier_columns_are_the_predictions_layout(kind: str) -> None:
+    """The log's prediction / probability / probabilities are what ``labels.output_arrays`` (batch's predictions
+    table) gives for the same labels and probabilities."""
+    from loopline.labels import output_arrays, spec_for
+
+    classes = {"int": [1, 2, 5], "bool": [False, True], "str": ["a b/c", "beta", "gamma"]}[kind]
+    spec = spec_for("classification", kind, classes)  # type: ignore[arg-type]
+    rng = np.random.default_rng(1)
+    proba = rng.dirichlet(np.ones(len(classes)), size=12)
+    labels = spec.decide(proba)
+    entries = [_classifier_entry(i, spec, labels[i : i + 3].tolist(), proba[i : i + 3].tolist()) for i in (0, 3, 6, 9)]
+    table = build_table(entries, "classification", Redactor({}, "X"))
+    want = output_arrays(spec, labels, proba)
+    for name in ("prediction", "probability", "probabilities"):
+        assert table.column(name).combine_chunks().equals(want[name]), name

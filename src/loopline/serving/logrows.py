@@ -4,7 +4,9 @@ table in the ``inference_log`` layout (docs/contracts.md) that a flush commits.
 ``prediction`` has the label's own Arrow type (float64 for regression; int64, bool or string for
 classifiers); a classifier's rows also carry ``probability`` (float64: P(positive class) for a
 binary model, else P(predicted class)) and ``probabilities`` (``map<label type, float64>``: every
-class). Both are built from the requests' arrays in a few vectorized calls per flush.
+class), null when the model gives no probabilities: the layout of :func:`loopline.labels.output_arrays`
+(the ``predictions`` table's), built here for many requests at once from the arrays each request
+already has (a few vectorized calls per flush).
 """
 
 from __future__ import annotations
@@ -193,9 +195,12 @@ def _classifier_columns(
         [_labels(np.asarray([str(v) for v in p.tolist()], dtype=object) if as_text else p, typ) for p in preds]
     )
     yield
-    if not any(with_proba):
-        return
     map_type = pa.map_(typ, pa.float64())
+    if not any(with_proba):  # a model without probabilities: the columns are there, null (as in predictions)
+        cols["probability"] = pa.nulls(len(cols["prediction"]), pa.float64())
+        cols["probabilities"] = pa.nulls(len(cols["prediction"]), map_type)
+        yield
+        return
     probability: list[pa.Array] = []
     maps: list[pa.Array] = []
     for e, p, ok in zip(entries, preds, with_proba, strict=True):
