@@ -1,5 +1,6 @@
 """Serving fixtures (helpers live in _serving.py): a session template project with a real MLflow
-sqlite registry (v1, v2: sklearn; v3: a broken pyfunc), copied per test."""
+sqlite registry (v1, v2: sklearn; v3: a broken pyfunc), copied per test; a session template of
+classifier projects (``classifier_template``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return root
+
+
+@pytest.fixture(scope="session")
+def classifier_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One project per classifier of ``_serving.CLASSIFIERS``, trained by loopline and promoted (built once)."""
+    root = tmp_path_factory.mktemp("classifier-template")
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"from _serving import build_classifiers; from pathlib import Path; "
+        f"build_classifiers(Path({str(root)!r}))"
+    )
+    env = {**os.environ, "MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_DISABLE_TELEMETRY": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _serving import ServerProc, log_rows, read_log, start_server
+from _serving import ServerProc, log_rows, read_log, schemathesis_failures, start_server
 
 ROW = {"x": 1.5, "n": 3, "flag": True}
 
@@ -349,28 +349,7 @@ def test_openapi_documents_everything(http: httpx.Client) -> None:
 
 def test_schemathesis_no_5xx(srv: ServerProc) -> None:
     """Property-based requests generated from the OpenAPI document never get a 5xx."""
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-
-    schema = schemathesis.openapi.from_url(f"{srv.url}/openapi.json")
-    failures: list[str] = []
-    for op in schema.get_all_operations():
-        operation = op.ok()
-
-        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @given(case=operation.as_strategy())
-        def run(case) -> None:  # type: ignore[no-untyped-def]
-            if case.path_parameters:  # aim at the served model, so bodies reach the parsers
-                served = {"name": "prod.demo", "version": "1"}
-                case.path_parameters = {
-                    **case.path_parameters,
-                    **{k: v for k, v in served.items() if k in case.path_parameters},
-                }
-            resp = case.call(base_url=srv.url)
-            if resp.status_code >= 500:
-                failures.append(f"{case.method} {case.formatted_path} -> {resp.status_code}: {resp.text[:200]}")
-
-        run()
+    failures = schemathesis_failures(srv.url)
     assert not failures, "\n".join(failures[:10])
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from loopline.config import LogConfig
 from loopline.errors import ServingError
+from loopline.labels import LabelSpec
 from loopline.serving.logger import Entry, PredictionLogger, Redactor
 from loopline.serving.logrows import build_table
 from loopline.serving.metrics import Metrics
@@ -181,3 +182,93 @@ def test_rows_being_flushed_are_still_known(tmp_path: Path) -> None:
     asyncio.run(scenario())
     assert seen == [{"r7-0"}, set()]
     assert "r7-0" in store.read("inference_log").column("request_id").to_pylist()
+
+
+def _classifier_entry(i: int, spec: LabelSpec, labels: list[object], proba: list[list[float]]) -> Entry:
+    p = np.asarray(proba)
+    arr = np.asarray(labels, dtype=object if spec.kind == "str" else None)
+    return Entry(
+        [f"c{i}-{k}" for k in range(len(labels))],
+        1_700_000_000_000_000 + i,
+        "prod.demo",
+        "1",
+        "invocations",
+        1.0,
+        arr,
+        {"x": np.full(len(labels), 0.5)},
+        proba=p,
+        probability=spec.score(arr, p),
+        spec=spec,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "classes", "arrow"),
+    [("int", [1, 2, 5], pa.int64()), ("bool", [False, True], pa.bool_()), ("str", ["a b/c", "beta"], pa.string())],
+)
+def test_classifier_rows_are_typed(kind: str, classes: list[object], arrow: pa.DataType) -> None:
+    """prediction in the label's type, probability float64, probabilities map<label, float64> (every class); the
+    vectorized build of one model's rows and the entry-by-entry one (two versions in one flush) agree."""
+    from loopline.labels import spec_for
+
+    spec = spec_for("classification", kind, classes)  # type: ignore[arg-type]
+    k = len(classes)
+    rows = [np.roll(np.linspace(0.1, 1.0, k) / np.linspace(0.1, 1.0, k).sum(), i) for i in range(3)]
+    labels = [classes[int(np.argmax(r))] for r in rows]
+    entries = [_classifier_entry(0, spec, labels[:1], rows[:1]), _classifier_entry(1, spec, labels[1:], rows[1:])]
+    table = build_table(entries, "classification", Redactor({}, "X"))
+    assert table.schema.field("prediction").type == arrow
+    assert table.schema.field("probability").type == pa.float64()
+    assert table.schema.field("probabilities").type == pa.map_(arrow, pa.float64())
+    assert table.column("prediction").to_pylist() == labels
+    maps = [dict(m) for m in table.column("probabilities").to_pylist()]
+    assert maps == [dict(zip(classes, r.tolist(), strict=True)) for r in rows]
+    assert table.column("probability").to_pylist() == pytest.approx([max(r) if k > 2 else r[1] for r in rows])
+    # another version of the same label type in the same flush (new classes): built entry by entry, same layout
+    other = spec_for("classification", kind, classes)  # type: ignore[arg-type]
+    mixed = build_table(
+        [entries[0], _classifier_entry(2, other, labels[1:], rows[1:])], "classification", Redactor({}, "X")
+    )
+    assert mixed.schema == table.schema
+    assert mixed.column("probabilities").to_pylist() == table.column("probabilities").to_pylist()
+
+
+def test_classifier_rows_of_another_label_type_and_without_probabilities() -> None:
+    """Versions of different label types in one flush: text (the table's misfit check sets the odd ones aside);
+    requests without probabilities: null probability columns."""
+    from loopline.labels import spec_for
+
+    ints = spec_for("classification", "int", [0, 1])
+    texts = spec_for("classification", "str", ["a", "b"])
+    plain = Entry(["p-0"], 1, "prod.demo", "1", "invocations", 1.0, np.array([1]), {}, spec=ints)
+    table = build_table(
+        [_classifier_entry(0, ints, [1], [[0.3, 0.7]]), _classifier_entry(1, texts, ["a"], [[0.6, 0.4]]), plain],
+        "classification",
+        Redactor({}, "X"),
+    )
+    assert table.column("prediction").to_pylist() == ["1", "a", "1"]
+    assert table.schema.field("probabilities").type == pa.map_(pa.string(), pa.float64())
+    assert table.column("probabilities").to_pylist() == [[("0", 0.3), ("1", 0.7)], [("a", 0.6), ("b", 0.4)], None]
+    assert table.column("probability").to_pylist() == [0.7, 0.4, None]
+    only_plain = build_table([plain], "classification", Redactor({}, "X"))
+    assert only_plain.schema.field("prediction").type == pa.int64()
+    assert only_plain.column("probability").to_pylist() == [None]  # as in predictions: present, null
+    assert only_plain.schema.field("probabilities").type == pa.map_(pa.int64(), pa.float64())
+
+
+@pytest.mark.parametrize("kind", ["int", "bool", "str"])
+def test_classifier_columns_are_the_predictions_layout(kind: str) -> None:
+    """The log's prediction / probability / probabilities are what ``labels.output_arrays`` (batch's predictions
+    table) gives for the same labels and probabilities."""
+    from loopline.labels import output_arrays, spec_for
+
+    classes = {"int": [1, 2, 5], "bool": [False, True], "str": ["a b/c", "beta", "gamma"]}[kind]
+    spec = spec_for("classification", kind, classes)  # type: ignore[arg-type]
+    rng = np.random.default_rng(1)
+    proba = rng.dirichlet(np.ones(len(classes)), size=12)
+    labels = spec.decide(proba)
+    entries = [_classifier_entry(i, spec, labels[i : i + 3].tolist(), proba[i : i + 3].tolist()) for i in (0, 3, 6, 9)]
+    table = build_table(entries, "classification", Redactor({}, "X"))
+    want = output_arrays(spec, labels, proba)
+    for name in ("prediction", "probability", "probabilities"):
+        assert table.column(name).combine_chunks().equals(want[name]), name

@@ -54,3 +54,28 @@ def test_requests_and_predictions_reach_the_metrics_at_sync() -> None:
     body, _ = m.render()  # rendering syncs first
     m.request("feedback", 200, 0.01)
     assert b'endpoint="feedback"' in m.render()[0] and b'endpoint="feedback"' not in body
+
+
+def test_classifier_metrics_count_classes_and_probabilities() -> None:
+    """Classifiers: rows per predicted class (the label as text), the probability histogram, and range violations
+    of the probability (gate.prediction_range is a probability range for a classifier)."""
+    m = Metrics(prediction_range=(0.1, 0.9), task="classification")
+    m.observe_predictions(np.array([True, False, True]), np.array([0.95, 0.5, 0.6]))
+    m.observe_predictions(np.array([True]), np.array([0.05]))
+    m.sync()
+    s = _samples(m.registry)
+    assert s[("loopline_predictions_by_class_total", (("label", "true"),))] == 3
+    assert s[("loopline_predictions_by_class_total", (("label", "false"),))] == 1
+    assert s[("loopline_predicted_rows_total", ())] == 4
+    assert s[("loopline_prediction_probability_count", ())] == 4
+    assert s[("loopline_prediction_probability_bucket", (("le", "0.5"),))] == 2
+    assert s[("loopline_range_violations_total", ())] == 2  # 0.95 and 0.05
+    assert not any(name.startswith("loopline_prediction_value") for name, _ in s)
+    text = Metrics(task="classification")
+    text.observe_predictions(np.array(["a b/c", "beta", "a b/c"], dtype=object), np.array([0.5, 0.6, 0.7]))
+    text.observe_predictions(np.array([7, 7]), None)  # no probabilities (a model without predict_proba)
+    text.sync()
+    s = _samples(text.registry)
+    assert s[("loopline_predictions_by_class_total", (("label", "a b/c"),))] == 2
+    assert s[("loopline_predictions_by_class_total", (("label", "7"),))] == 2
+    assert s[("loopline_prediction_probability_count", ())] == 3

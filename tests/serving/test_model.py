@@ -20,17 +20,26 @@ def _parsed(n: int = 50) -> Parsed:
 
 
 def test_served_trees_are_compiled_and_match_the_estimator(project: Path) -> None:
+    """The served version predicts through the runtime's Treelite path; with compile_trees off, through the
+    estimator on the NumPy matrix; both as the model's own predict."""
+    import pandas as pd
+
     p = load_project(project, "prod")
     compiled = load_version(p, "1")
-    assert isinstance(compiled.raw, TreePredictor)
+    assert compiled.runtime.path == "matrix" and compiled.runtime.compiled and compiled.inline
+    assert isinstance(compiled.runtime.estimator, TreePredictor)
     (project / "loopline.yaml").write_text(
         (project / "loopline.yaml").read_text().replace("serving:\n", "serving:\n  compile_trees: false\n")
     )
     plain = load_version(load_project(project, "prod"), "1")
-    assert type(plain.raw).__name__ == "HistGradientBoostingRegressor"
+    assert plain.runtime.path == "matrix" and not plain.runtime.compiled
+    assert type(plain.runtime.estimator).__name__ == "HistGradientBoostingRegressor"
     parsed = _parsed()
-    assert np.allclose(compiled.predict(parsed), plain.predict(parsed), rtol=1e-9)
-    assert np.allclose(compiled.predict(parsed), compiled.predict_pyfunc(parsed), rtol=1e-9)
+    fast = compiled.predict(parsed)
+    assert fast.labels.dtype == np.float64 and fast.proba is None and fast.probability is None
+    assert np.allclose(fast.labels, plain.predict(parsed).labels, rtol=1e-9)
+    own = compiled.runtime.pyfunc.predict(pd.DataFrame(parsed.columns))
+    assert np.allclose(fast.labels, own, rtol=1e-9)
 
 
 def test_a_broken_version_is_refused(project: Path) -> None:

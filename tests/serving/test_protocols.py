@@ -8,7 +8,18 @@ import struct
 import numpy as np
 import pytest
 
-from loopline.serving.protocols import encode_v2, parse_csv, parse_mlflow, parse_v2
+from loopline.labels import LabelSpec, spec_for
+from loopline.serving.protocols import (
+    Tensor,
+    encode_v2,
+    output_metadata,
+    output_names,
+    output_tensors,
+    parse_csv,
+    parse_mlflow,
+    parse_v2,
+    select_outputs,
+)
 from loopline.serving.schema import Column, InputError, Signature
 
 SIG = Signature((Column("city", "string"), Column("age", "integer"), Column("score", "float", required=False)))
@@ -70,13 +81,63 @@ def test_v2_binary_bytes_and_ints() -> None:
 
 
 def test_encode_v2_binary_roundtrip() -> None:
-    body, hl = encode_v2("m", "1", np.array([1.5, 2.5]), ["a-0", "a-1"], "rid", True)
+    body, hl = encode_v2("m", "1", [Tensor("predict", "FP64", np.array([1.5, 2.5]))], ["a-0", "a-1"], "rid", True)
     assert hl is not None
     head = json.loads(body[:hl])
     assert head["outputs"][0]["parameters"]["binary_data_size"] == 16
     assert np.frombuffer(body[hl:], dtype="<f8").tolist() == [1.5, 2.5]
-    body, hl = encode_v2("m", "1", np.array(["x", "yy"], dtype=object), ["a-0", "a-1"], None, True)
+    words = Tensor("predict", "BYTES", np.array(["x", "yy"], dtype=object))
+    body, hl = encode_v2("m", "1", [words], ["a-0", "a-1"], None, True)
     assert body[hl:] == _bytes_tensor(["x", "yy"])
+
+
+def test_classifier_outputs_by_label_type_and_per_output_binary() -> None:
+    """predict has the label's datatype, probability/probabilities are FP64; each output is JSON or binary as
+    asked (``binary_data`` per output, else the request's ``binary_data_output``)."""
+    spec = spec_for("classification", "bool", [False, True])
+    assert output_metadata(spec, True) == [
+        {"name": "predict", "datatype": "BOOL", "shape": [-1]},
+        {"name": "probability", "datatype": "FP64", "shape": [-1]},
+        {"name": "probabilities", "datatype": "FP64", "shape": [-1, 2]},
+    ]
+    assert output_metadata(LabelSpec("regression", "float"), False) == [
+        {"name": "predict", "datatype": "FP64", "shape": [-1]}
+    ]
+    assert output_metadata(spec_for("classification", "int", [1, 2, 5]), True)[0]["datatype"] == "INT64"
+    assert output_metadata(spec_for("classification", "str", ["a", "b"]), False)[0]["datatype"] == "BYTES"
+    sig = Signature((Column("x", "double"),))
+    request = {
+        "inputs": [{"name": "x", "shape": [2], "datatype": "FP64", "data": [1.0, 2.0]}],
+        "outputs": [{"name": "probabilities"}, {"name": "predict", "parameters": {"binary_data": True}}],
+    }
+    parsed = parse_v2(json.dumps(request).encode(), None, sig)
+    wanted = select_outputs(parsed, output_names(spec, True))
+    assert wanted == [("probabilities", False), ("predict", True)]
+    proba = np.array([[0.8, 0.2], [0.3, 0.7]])
+    labels = np.array([False, True])
+    tensors = output_tensors(spec, labels, proba, proba[:, 1], "[false, true]", [n for n, _ in wanted])
+    body, hl = encode_v2("m", "1", tensors, ["a-0", "a-1"], None, [b for _, b in wanted])
+    assert hl is not None
+    head = json.loads(body[:hl])
+    probs, pred = head["outputs"]
+    assert probs == {
+        "name": "probabilities",
+        "datatype": "FP64",
+        "shape": [2, 2],
+        "data": [0.8, 0.2, 0.3, 0.7],
+        "parameters": {"classes": "[false, true]"},
+    }
+    assert pred["datatype"] == "BOOL" and pred["parameters"] == {"binary_data_size": 2}
+    assert np.frombuffer(body[hl:], dtype=np.bool_).tolist() == [False, True]
+    request["outputs"] = [{"name": "probability"}]
+    with pytest.raises(InputError, match=r"unknown output 'probability'; this model's outputs are 'predict'$"):
+        select_outputs(parse_v2(json.dumps(request).encode(), None, sig), output_names(REGRESSION, False))
+    request["outputs"] = [{"name": "predict"}, {"name": "predict"}]
+    with pytest.raises(InputError, match=r"outputs\[1\]: output 'predict' is requested twice"):
+        parse_v2(json.dumps(request).encode(), None, sig)
+
+
+REGRESSION = LabelSpec("regression", "float")
 
 
 def test_hostile_values_are_4xx() -> None:

@@ -33,8 +33,19 @@ from loopline.serving import process_logging, project_from_env
 from loopline.serving.auth import Auth, AuthFailed
 from loopline.serving.logger import Entry, PredictionLogger, spill_path
 from loopline.serving.metrics import SYNC_SECONDS, Metrics, mark_process_dead
-from loopline.serving.model import LoadedModel, ModelHolder
-from loopline.serving.protocols import KIND_TO_V2, Parsed, encode_predictions, encode_v2, parse_mlflow, parse_v2
+from loopline.serving.model import LoadedModel, ModelHolder, Prediction
+from loopline.serving.protocols import (
+    KIND_TO_V2,
+    Parsed,
+    encode_predictions,
+    encode_v2,
+    output_metadata,
+    output_names,
+    output_tensors,
+    parse_mlflow,
+    parse_v2,
+    select_outputs,
+)
 from loopline.serving.schema import InputError
 from loopline.tables import DeltaStore
 
@@ -51,6 +62,9 @@ _MLFLOW_CODES = {
     503: "TEMPORARILY_UNAVAILABLE",
 }
 _ERRS: dict[int | str, dict[str, Any]] = {s: {"model": oa.ErrorBody} for s in (400, 401, 403, 404, 413, 415, 422, 503)}
+_FEEDBACK_ERRS: dict[int | str, dict[str, Any]] = {
+    s: {"model": oa.ErrorBody} for s in (400, 401, 403, 409, 413, 422, 503)
+}
 _MLFLOW_ERRS: dict[int | str, dict[str, Any]] = {
     s: {"model": oa.MlflowErrorBody} for s in (400, 401, 403, 413, 415, 422, 503)
 }
@@ -69,7 +83,7 @@ class Server:
         self.serving = cfg.serving
         self.task = cfg.model.task
         self.keys = tuple(cfg.model.keys)
-        self.metrics = Metrics(cfg.gate.prediction_range)
+        self.metrics = Metrics(cfg.gate.prediction_range, cfg.model.task)
         self.auth = Auth(cfg.serving.auth.tokens_env)
         self.store = DeltaStore(project.storage_root, project.storage_options)
         self.holder = ModelHolder(project, self.metrics)
@@ -239,12 +253,16 @@ def create_app(project: Project | None = None) -> FastAPI:
     def mlflow_error(status: int, message: str) -> Response:
         return _json({"error_code": _MLFLOW_CODES.get(status, "BAD_REQUEST"), "message": message}, status)
 
-    async def predict(model: LoadedModel, parsed: Parsed) -> np.ndarray:
-        if model.raw is not None and parsed.n <= INLINE_ROWS and parsed.params is None:
-            return model.predict(parsed)
-        return await run_in_threadpool(model.predict, parsed)
+    async def predict(model: LoadedModel, parsed: Parsed) -> Prediction:
+        if model.inline and parsed.n <= INLINE_ROWS and (parsed.params is None or not model.signature.has_params):
+            out = model.predict(parsed)
+        else:
+            out = await run_in_threadpool(model.predict, parsed)
+        if len(out) != parsed.n:
+            raise InputError(f"the model returned {len(out)} predictions for {parsed.n} rows", status=422)
+        return out
 
-    def record(model: LoadedModel, parsed: Parsed, preds: np.ndarray, endpoint: str, t0: float) -> list[str]:
+    def record(model: LoadedModel, parsed: Parsed, pred: Prediction, endpoint: str, t0: float) -> list[str]:
         ids = _ids(parsed.n)
         latency = (time.perf_counter() - t0) * 1000.0
         if S.logger is not None:
@@ -261,12 +279,15 @@ def create_app(project: Project | None = None) -> FastAPI:
                     model.version,
                     endpoint,
                     latency,
-                    preds,
+                    pred.labels,
                     inputs,
                     parsed.passthrough,
+                    proba=pred.proba,
+                    probability=pred.probability,
+                    spec=model.spec,
                 )
             )
-        S.metrics.observe_predictions(preds)
+        S.metrics.observe_predictions(pred.labels, pred.probability)
         return ids
 
     # ------------------------------------------------------------------ MLflow scoring protocol
@@ -288,11 +309,16 @@ def create_app(project: Project | None = None) -> FastAPI:
             model = S.model()
             body = await read_body(request, limit)
             parsed = parse_mlflow(body, request.headers.get("content-type"), model.signature, S.keys)
-            preds = await predict(model, parsed)
-            if len(preds) != parsed.n:
-                raise InputError(f"the model returned {len(preds)} predictions for {parsed.n} rows", status=422)
-            ids = record(model, parsed, preds, "invocations", t0)
-            return _json({"predictions": encode_predictions(preds), "request_ids": ids, "model_version": model.version})
+            pred = await predict(model, parsed)
+            ids = record(model, parsed, pred, "invocations", t0)
+            out: dict[str, Any] = {"predictions": encode_predictions(pred.labels)}
+            if pred.proba is not None and pred.probability is not None:
+                out["probability"] = encode_predictions(pred.probability)
+                out["classes"] = list(model.spec.classes)
+                out["probabilities"] = encode_predictions(pred.proba)
+            out["request_ids"] = ids
+            out["model_version"] = model.version
+            return _json(out)
         except InputError as exc:
             status = exc.status
             return mlflow_error(exc.status, exc.message)
@@ -350,13 +376,12 @@ def create_app(project: Project | None = None) -> FastAPI:
             {"name": c.name, "datatype": KIND_TO_V2.get(c.kind, "BYTES"), "shape": [-1]}
             for c in model.signature.columns
         ]
-        out_type = "FP64" if S.task == "regression" else "BYTES"
         return {
             "name": name,
             "versions": [model.version],
             "platform": "mlflow",
             "inputs": inputs,
-            "outputs": [{"name": "predict", "datatype": out_type, "shape": [-1]}],
+            "outputs": output_metadata(model.spec, model.has_proba),
         }
 
     async def _v2_meta(request: Request, name: str, version: str | None) -> Response:
@@ -385,11 +410,15 @@ def create_app(project: Project | None = None) -> FastAPI:
             model = v2_model(name, version)
             body = await read_body(request, limit)
             parsed = parse_v2(body, request.headers.get("inference-header-content-length"), model.signature, S.keys)
-            preds = await predict(model, parsed)
-            if len(preds) != parsed.n:
-                raise InputError(f"the model returned {len(preds)} predictions for {parsed.n} rows", status=422)
-            ids = record(model, parsed, preds, "v2_infer", t0)
-            content, header_len = encode_v2(name, model.version, preds, ids, parsed.v2_id, parsed.v2_binary_output)
+            wanted = select_outputs(parsed, output_names(model.spec, model.has_proba))
+            pred = await predict(model, parsed)
+            ids = record(model, parsed, pred, "v2_infer", t0)
+            tensors = output_tensors(
+                model.spec, pred.labels, pred.proba, pred.probability, model.classes_json, [n for n, _ in wanted]
+            )
+            binary = dict(wanted)
+            flags = [binary[t.name] for t in tensors]
+            content, header_len = encode_v2(name, model.version, tensors, ids, parsed.v2_id, flags)
             if header_len is None:
                 return Response(content, media_type="application/json")
             return Response(
@@ -475,13 +504,15 @@ def create_app(project: Project | None = None) -> FastAPI:
         "/feedback",
         tags=["feedback"],
         response_model=oa.FeedbackResponse,
-        responses=_ERRS,
+        responses=_FEEDBACK_ERRS,
         openapi_extra=oa.FEEDBACK_BODY,
         summary="Record labels",
     )
     async def feedback(request: Request) -> Response:
         """Appends to the `feedback` table in one commit before answering (durable when `status` is ok).
-        Unknown request ids are accepted and listed in `unknown_request_ids`. Role `feedback`."""
+        Unknown request ids are accepted and listed in `unknown_request_ids`. Each label is parsed to the
+        served model's label type and must be one of its classes (else 422, nothing stored); 409 when the
+        feedback table holds labels of another type. Role `feedback`."""
         from loopline.serving.feedback import FeedbackError, store_feedback
 
         t0 = time.perf_counter()
@@ -495,8 +526,8 @@ def create_app(project: Project | None = None) -> FastAPI:
             status = exc.status
             return _json({"error": exc.message}, exc.status)
         except FeedbackError as exc:
-            status = 503
-            return _json({"error": exc.message}, 503)
+            status = exc.status
+            return _json({"error": exc.message}, exc.status)
         except Exception:
             status = 500
             raise

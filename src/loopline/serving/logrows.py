@@ -1,5 +1,13 @@
 """Rows of the prediction log: one request's predictions (``Entry``), PII redaction and the Arrow
-table in the ``inference_log`` layout (docs/contracts.md) that a flush commits."""
+table in the ``inference_log`` layout (docs/contracts.md) that a flush commits.
+
+``prediction`` has the label's own Arrow type (float64 for regression; int64, bool or string for
+classifiers); a classifier's rows also carry ``probability`` (float64: P(positive class) for a
+binary model, else P(predicted class)) and ``probabilities`` (``map<label type, float64>``: every
+class), null when the model gives no probabilities: the layout of :func:`loopline.labels.output_arrays`
+(the ``predictions`` table's), built here for many requests at once from the arrays each request
+already has (a few vectorized calls per flush).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from loopline.errors import ServingError
+from loopline.labels import LabelKind, LabelSpec, arrow_type
 
 TS = pa.timestamp("us", tz="UTC")
 BASE_COLUMNS = (
@@ -41,6 +50,9 @@ class Entry:
     inputs: dict[str, np.ndarray]
     passthrough: dict[str, list[Any]] = field(default_factory=dict)
     status: int = 200
+    proba: np.ndarray | None = None  # classifiers: (n, n_classes), columns in spec.classes order
+    probability: np.ndarray | None = None  # classifiers: (n,), spec.score
+    spec: LabelSpec | None = None  # the model's label contract (shared by all entries of a version)
 
 
 class Redactor:
@@ -132,12 +144,15 @@ def build_steps(entries: list[Entry], task: str, redactor: Redactor) -> Generato
     cols["latency_ms"] = per_entry([e.latency_ms for e in entries], pa.float64())
     yield
     preds = [np.asarray(e.predictions) for e in entries]
-    kinds = {(p.ndim, p.dtype.kind) for p in preds}
-    if task == "regression" and all(nd == 1 and k in "fiub" for nd, k in kinds):
-        cols["prediction"] = pa.array(np.concatenate(preds).astype(np.float64))
+    if task == "regression":
+        kinds = {(p.ndim, p.dtype.kind) for p in preds}
+        if all(nd == 1 and k in "fiub" for nd, k in kinds):
+            cols["prediction"] = pa.array(np.concatenate(preds).astype(np.float64))
+        else:
+            cols["prediction"] = pa.array([str(v) for p in preds for v in p.tolist()], type=pa.string())
+        yield
     else:
-        cols["prediction"] = pa.array([str(v) for p in preds for v in p.tolist()], type=pa.string())
-    yield
+        yield from _classifier_columns(entries, preds, cols)
     names: dict[str, None] = {}  # input columns in the order they are first seen
     for keys in dict.fromkeys((*e.inputs, *e.passthrough) for e in entries):  # few distinct key sets
         names.update((k, None) for k in keys if k not in cols)
@@ -147,6 +162,75 @@ def build_steps(entries: list[Entry], task: str, redactor: Redactor) -> Generato
     table = pa.table(cols)
     assert table.num_rows == total
     return redactor.apply(table)
+
+
+_KINDS: dict[str, LabelKind] = {"b": "bool", "i": "int", "u": "int", "f": "float"}
+
+
+def _kind(e: Entry, preds: np.ndarray) -> LabelKind:
+    return e.spec.kind if e.spec is not None else _KINDS.get(preds.dtype.kind, "str")
+
+
+def _classifier_columns(
+    entries: list[Entry], preds: list[np.ndarray], cols: dict[str, pa.Array]
+) -> Generator[None, None, None]:
+    """``prediction``, ``probability`` and ``probabilities`` of classifier entries into ``cols``."""
+    spec = entries[0].spec
+    with_proba = [e.proba is not None and e.probability is not None for e in entries]
+    if spec is not None and all(e.spec is spec for e in entries) and all(with_proba) and spec.classes:
+        # the common flush: one model version, every request with probabilities
+        labels = np.concatenate(preds)
+        cols["prediction"] = _labels(labels, spec.arrow_type)
+        yield
+        cols["probability"] = pa.array(np.concatenate([e.probability for e in entries]), type=pa.float64())  # type: ignore[misc]
+        proba = np.concatenate([e.proba for e in entries])  # type: ignore[misc]
+        cols["probabilities"] = _proba_map(proba, pa.array(list(spec.classes), type=spec.arrow_type))
+        yield
+        return
+    # several versions (a reload between flushes) or requests without probabilities: entry by entry
+    kinds = {_kind(e, p) for e, p in zip(entries, preds, strict=True)}
+    typ = arrow_type(kinds.pop()) if len(kinds) == 1 else pa.string()
+    as_text = pa.types.is_string(typ)
+    cols["prediction"] = _concat(
+        [_labels(np.asarray([str(v) for v in p.tolist()], dtype=object) if as_text else p, typ) for p in preds]
+    )
+    yield
+    map_type = pa.map_(typ, pa.float64())
+    if not any(with_proba):  # a model without probabilities: the columns are there, null (as in predictions)
+        cols["probability"] = pa.nulls(len(cols["prediction"]), pa.float64())
+        cols["probabilities"] = pa.nulls(len(cols["prediction"]), map_type)
+        yield
+        return
+    probability: list[pa.Array] = []
+    maps: list[pa.Array] = []
+    for e, p, ok in zip(entries, preds, with_proba, strict=True):
+        classes = list(e.spec.classes) if e.spec is not None else []
+        if not ok or e.proba is None or e.proba.shape != (len(p), len(classes)):
+            probability.append(pa.nulls(len(p), pa.float64()))
+            maps.append(pa.nulls(len(p), map_type))
+            continue
+        probability.append(pa.array(e.probability, type=pa.float64()))
+        keys = [str(c) if as_text else c for c in classes]
+        maps.append(_proba_map(e.proba, pa.array(keys, type=typ)))
+    cols["probability"] = pa.concat_arrays(probability)
+    cols["probabilities"] = pa.concat_arrays(maps)
+    yield
+
+
+def _labels(labels: np.ndarray, typ: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(labels, type=typ)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # not what the label contract says: kept, as text
+        return pa.array([None if v is None else str(v) for v in labels.tolist()], type=pa.string())
+
+
+def _proba_map(proba: np.ndarray, keys: pa.Array) -> pa.Array:
+    """A (n, k) probability matrix as ``map<label, float64>`` rows: offsets, the classes repeated, the values."""
+    n, k = proba.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+    repeated = keys.take(pa.array(np.tile(np.arange(k, dtype=np.int32), n)))
+    values = pa.array(np.ascontiguousarray(proba, dtype=np.float64).reshape(-1))
+    return pa.MapArray.from_arrays(offsets, repeated, values, type=pa.map_(keys.type, pa.float64()))
 
 
 def _input_column(name: str, entries: list[Entry], counts: list[int]) -> pa.Array:

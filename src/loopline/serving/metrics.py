@@ -17,6 +17,7 @@ import numpy as np
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _PRED_BUCKETS = (-1e4, -1e3, -100.0, -10.0, -1.0, 0.0, 1.0, 10.0, 100.0, 1e3, 1e4)
+_PROBA_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 _MAX_CLASSES = 50
 _MAX_PENDING = 10_000
 SYNC_SECONDS = 1.0  # request and prediction counts reach the metrics at least this often
@@ -74,12 +75,13 @@ class LogMetrics:
 class Metrics(LogMetrics):
     """Everything a worker reports."""
 
-    def __init__(self, prediction_range: tuple[float, float] | None = None) -> None:
+    def __init__(self, prediction_range: tuple[float, float] | None = None, task: str = "regression") -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
         super().__init__()
         r = self.registry
         self.range = prediction_range
+        self.classifier = task == "classification"
         self.requests = Counter(
             "loopline_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
         )
@@ -94,15 +96,28 @@ class Metrics(LogMetrics):
         if prediction_range is not None:
             lo, hi = prediction_range
             buckets = tuple(float(x) for x in np.unique(np.linspace(lo, hi, 11))) if hi > lo else (float(lo),)
-        self.predictions = Histogram(
-            "loopline_prediction_value", "Predicted values (regression).", buckets=buckets, registry=r
-        )
+        self.predictions: Any = None
+        self.probability: Any = None
+        if self.classifier:
+            self.probability = Histogram(
+                "loopline_prediction_probability",
+                "The probability kept with each prediction (classification): P(positive class) of a binary "
+                "model, else P(predicted class).",
+                buckets=_PROBA_BUCKETS,
+                registry=r,
+            )
+        else:
+            self.predictions = Histogram(
+                "loopline_prediction_value", "Predicted values (regression).", buckets=buckets, registry=r
+            )
         self.classes = Counter(
             "loopline_predictions_by_class", "Predicted classes (classification).", ["label"], registry=r
         )
         self.rows = Counter("loopline_predicted_rows", "Rows predicted.", registry=r)
         self.range_violations = Counter(
-            "loopline_range_violations", "Predictions outside gate.prediction_range.", registry=r
+            "loopline_range_violations",
+            "Predictions outside gate.prediction_range (classifiers: their probability).",
+            registry=r,
         )
         self.info = Gauge(
             "loopline_model_info",
@@ -133,6 +148,7 @@ class Metrics(LogMetrics):
         )
         self._requests: list[tuple[str, int, float]] = []  # counted since the last sync
         self._preds: list[np.ndarray] = []
+        self._probability: list[np.ndarray] = []
         self._classes: set[str] = set()
         self._info_labels: tuple[str, str, str] | None = None
 
@@ -144,8 +160,11 @@ class Metrics(LogMetrics):
         if len(self._requests) >= _MAX_PENDING:  # no sync task (an app without its lifespan)
             self.sync()
 
-    def observe_predictions(self, preds: np.ndarray) -> None:
+    def observe_predictions(self, preds: np.ndarray, probability: np.ndarray | None = None) -> None:
+        """Count one request's predictions (and, classifiers, their ``probability``)."""
         self._preds.append(preds)
+        if probability is not None:
+            self._probability.append(probability)
         if len(self._preds) >= _MAX_PENDING:
             self.sync()
 
@@ -155,9 +174,12 @@ class Metrics(LogMetrics):
         ``/metrics``; call it from the event loop's thread (where requests are counted)."""
         requests, self._requests = self._requests, []
         preds, self._preds = self._preds, []
+        probability, self._probability = self._probability, []
         if requests:
             self._sync_requests(requests)
-        if preds:
+        if preds and self.classifier:
+            self._sync_classes(preds, probability)
+        elif preds:
             self._sync_predictions(preds)
 
     def _sync_requests(self, requests: list[tuple[str, int, float]]) -> None:
@@ -176,19 +198,42 @@ class Metrics(LogMetrics):
         if numeric:
             values = np.concatenate(numeric).astype(np.float64)
             _observe_many(self.predictions, values)
-            if self.range is not None:
-                lo, hi = self.range
-                bad = int(np.count_nonzero((values < lo) | (values > hi)))
-                if bad:
-                    self.range_violations.inc(bad)
+            self._out_of_range(values)
         for p in preds:
             if p.ndim != 1 or p.dtype.kind in "fiub":
                 continue
             labels, counts = np.unique(np.asarray([str(v)[:64] for v in p.tolist()[:1000]]), return_counts=True)
-            for label, n in zip(labels.tolist(), counts.tolist(), strict=True):
-                if label in self._classes or len(self._classes) < _MAX_CLASSES:
-                    self._classes.add(label)
-                    self.classes.labels(label).inc(n)
+            self._count_classes(dict(zip(labels.tolist(), counts.tolist(), strict=True)))
+
+    def _sync_classes(self, preds: list[np.ndarray], probability: list[np.ndarray]) -> None:
+        """Classifiers: rows, rows per predicted class, the probability histogram and its range violations."""
+        self.rows.inc(sum(int(p.shape[0]) if p.ndim else 1 for p in preds))
+        counts: collections.Counter[Any] = collections.Counter()
+        for p in preds:
+            counts.update(p.reshape(-1).tolist())
+        by_text: dict[str, int] = {}
+        for label, n in counts.items():
+            text = label_text(label)
+            by_text[text] = by_text.get(text, 0) + n
+        self._count_classes(by_text)
+        if probability:
+            values = np.concatenate(probability).astype(np.float64, copy=False)
+            _observe_many(self.probability, values)
+            self._out_of_range(values)
+
+    def _count_classes(self, counts: dict[str, int]) -> None:
+        for label, n in counts.items():
+            if label in self._classes or len(self._classes) < _MAX_CLASSES:
+                self._classes.add(label)
+                self.classes.labels(label).inc(n)
+
+    def _out_of_range(self, values: np.ndarray) -> None:
+        if self.range is None:
+            return
+        lo, hi = self.range
+        bad = int(np.count_nonzero((values < lo) | (values > hi)))
+        if bad:
+            self.range_violations.inc(bad)
 
     # ------------------------------------------------------------------ events
     def reload(self, ok: bool) -> None:
@@ -224,6 +269,13 @@ class Metrics(LogMetrics):
             multiprocess.MultiProcessCollector(reg)
             return generate_latest(reg), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def label_text(label: Any) -> str:
+    """A class as a Prometheus label value (booleans as in JSON: true / false)."""
+    if isinstance(label, (bool, np.bool_)):
+        return "true" if label else "false"
+    return str(label)[:64]
 
 
 def _observe_many(hist: Any, values: np.ndarray) -> None:

@@ -1,13 +1,15 @@
-"""The served model: load ``<registered>@champion``, predict fast, and swap on promotion/rollback.
+"""The served model: load ``<registered>@champion`` through the model runtime, and swap on promotion/rollback.
 
 A :class:`LoadedModel` is immutable; the :class:`ModelHolder` points at one and a reload replaces
 the pointer in one assignment, so a request that already picked a model finishes on it. A new
-version is only swapped in after it loaded and predicted its own input example.
+version is only swapped in after it loaded and predicted its own input example through the serving
+path (the request parser's column conversion, then the runtime).
 
-Fast path: for a scikit-learn model whose signature is all numeric/boolean columns in the order the
-estimator was fitted with, ``predict`` runs on a float64 NumPy matrix (what sklearn converts a
-DataFrame to anyway); the load-time smoke test checks the two paths agree, else the pyfunc path
-(``PyFuncModel.predict`` on a DataFrame) is used.
+How a version predicts (a NumPy matrix into the estimator, optionally through Treelite; a DataFrame
+into a pipeline; MLflow's pyfunc) is :mod:`loopline.runtime`'s choice, checked there against the
+model's own predict; batch scoring, the gate and monitoring use the same runtime. Classifiers give
+their labels in the target's own type, the class probabilities (``proba``, columns in the order of
+``spec.classes``) and the one ``probability`` per row of :meth:`LabelSpec.score`.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import json
 import logging
 import time
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from loopline.labels import LabelSpec, py_value
+from loopline.runtime import ModelRuntime, RuntimeLoadError
 from loopline.serving.schema import InputError, Signature
 
 if TYPE_CHECKING:
@@ -31,7 +36,6 @@ if TYPE_CHECKING:
     from loopline.serving.protocols import Parsed
 
 log = logging.getLogger("loopline.serving")
-warnings.filterwarnings("ignore", message="X does not have valid feature names")
 
 
 class ModelError(Exception):
@@ -39,163 +43,136 @@ class ModelError(Exception):
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """One request's predictions: ``labels`` (float64 for regression, the target's type for classifiers);
+    for classifiers with probabilities ``proba`` (n, n_classes) and ``probability`` (n,)."""
+
+    labels: np.ndarray
+    proba: np.ndarray | None = None
+    probability: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    name: str  # registered model name
-    version: str
-    run_id: str
-    pyfunc: Any
-    signature: Signature
-    raw: Any | None  # the sklearn estimator when the numpy fast path is safe
+    runtime: ModelRuntime
     loaded_at: float
+    classes_json: str = "[]"  # spec.classes as a JSON list (the V2 `probabilities` output's parameter)
 
-    def predict(self, parsed: Parsed) -> np.ndarray:
+    @property
+    def name(self) -> str:  # registered model name
+        return self.runtime.name
+
+    @property
+    def version(self) -> str:
+        return self.runtime.version
+
+    @property
+    def run_id(self) -> str:
+        return self.runtime.run_id
+
+    @property
+    def signature(self) -> Signature:
+        return self.runtime.signature
+
+    @property
+    def spec(self) -> LabelSpec:
+        return self.runtime.spec
+
+    @property
+    def inline(self) -> bool:
+        """Small requests predict on the event loop (a NumPy matrix into the estimator or Treelite)."""
+        return self.runtime.path == "matrix"
+
+    @property
+    def has_proba(self) -> bool:
+        """Whether predictions come with class probabilities (a classifier whose estimator gives them)."""
+        rt = self.runtime
+        return rt.spec.is_classifier and bool(rt.spec.classes) and rt.proba_estimator is not None
+
+    def predict(self, parsed: Parsed) -> Prediction:
         """Predict on validated input; raises InputError when the model itself refuses the data."""
-        if self.raw is not None and parsed.params is None:
-            X = np.column_stack([parsed.columns[c.name].astype(np.float64, copy=False) for c in self.signature.columns])
-            try:
-                return np.asarray(self.raw.predict(X))
-            except ValueError as exc:
-                raise InputError(f"the model cannot predict on this input: {exc}", status=422) from None
-        return self.predict_pyfunc(parsed)
-
-    def predict_pyfunc(self, parsed: Parsed) -> np.ndarray:
-        import pandas as pd
-        from mlflow.exceptions import MlflowException
-
-        if parsed.raw_frame is not None:
-            df = pd.DataFrame(parsed.raw_frame)
-        else:
-            df = pd.DataFrame({k: v for k, v in parsed.columns.items()})
+        rt = self.runtime
+        params = parsed.params if rt.signature.has_params else None
         try:
-            if self.signature.has_params and parsed.params is not None:
-                out = self.pyfunc.predict(df, params=parsed.params)
+            if parsed.raw_frame is not None:  # no column signature: the values as sent (pandas infers types)
+                out = rt.predict(cast("dict[str, np.ndarray]", parsed.raw_frame), parsed.n, params)
             else:
-                out = self.pyfunc.predict(df)
-        except MlflowException as exc:
-            raise InputError(f"the model refused the input: {exc.message}", status=400) from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise InputError(f"the model cannot predict on this input: {exc}", status=422) from None
-        return _as_array(out)
+                out = rt.predict(parsed.columns, parsed.n, params)
+        except Exception as exc:
+            raise _refused(exc) from None
+        proba, spec = out.proba, rt.spec
+        if proba is None or not spec.classes or proba.shape != (len(out.predictions), len(spec.classes)):
+            return Prediction(out.predictions)
+        if spec.binary or rt.path == "pyfunc":
+            return Prediction(out.predictions, proba, spec.score(out.predictions, proba))
+        # multiclass on the estimator's path: the label is the argmax class (LabelSpec.decide), so
+        # LabelSpec.score's P(label) is the row's largest probability (without a lookup per row)
+        return Prediction(out.predictions, proba, proba.max(axis=1))
 
 
-def _as_array(out: Any) -> np.ndarray:
-    if hasattr(out, "to_numpy"):
-        arr = out.to_numpy()
-        if arr.ndim == 2 and arr.shape[1] == 1:
-            arr = arr[:, 0]
-        return np.asarray(arr)
-    return np.asarray(out)
+def _refused(exc: Exception) -> Exception:
+    """What a prediction failure means for the client: the model refused the input (4xx), or a bug (raised)."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        return InputError(f"the model refused the input: {exc.message}", status=400)
+    if isinstance(exc, (ValueError, TypeError, KeyError)):
+        return InputError(f"the model cannot predict on this input: {exc}", status=422)
+    return exc
 
 
 def load_version(project: Project, version: str, run_id: str = "") -> LoadedModel:
     """Load one registered version and smoke-test it on its input example; ModelError on failure."""
-    from loopline import tracking
+    from loopline import labels, runtime, tracking
 
     tracking.client(project)
     uri = f"models:/{project.registered_model}/{version}"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pyfunc = tracking.load_model(uri)
-    except Exception as exc:  # anything mlflow/flavors raise: a broken version must not crash the server
-        raise ModelError(f"{uri} failed to load: {type(exc).__name__}: {exc}") from exc
-    sig = Signature.from_pyfunc(pyfunc)
-    raw = _fast_model(pyfunc, sig)
-    model = LoadedModel(
-        name=project.registered_model,
-        version=str(version),
-        run_id=run_id or str(pyfunc.metadata.run_id or ""),
-        pyfunc=pyfunc,
-        signature=sig,
-        raw=raw,
-        loaded_at=time.time(),
-    )
-    if raw is not None and project.config.serving.compile_trees:
-        model = _compiled(model)
-    return _smoke_test(model)
+        rt = runtime.load(
+            uri,
+            labels.from_config(project.config.model),
+            name=project.registered_model,
+            version=str(version),
+            run_id=run_id,
+            compile_trees=project.config.serving.compile_trees,
+        )
+    except RuntimeLoadError as exc:
+        raise ModelError(str(exc)) from exc
+    return _smoke_test(_loaded(rt))
 
 
-def _compiled(model: LoadedModel) -> LoadedModel:
-    """The model with its tree ensemble compiled by Treelite, when that predicts exactly as the
-    estimator does on the input example and probe rows around it; else unchanged."""
-    from loopline.treepredict import agrees, compile_trees, probe_rows
-
-    predictor = compile_trees(model.raw)
-    if predictor is None:
-        return model
-    try:
-        frame = _example_frame(model)
-        X = frame[model.signature.names].to_numpy(dtype=np.float64)
-    except Exception as exc:  # no usable example: keep the estimator's own predict
-        log.info("version %s: no numeric example to check the compiled trees on (%s)", model.version, exc)
-        return model
-    if not agrees(predictor, model.raw, probe_rows(X)):
-        log.warning("version %s: compiled trees disagree with the model; using its own predict", model.version)
-        return model
-    log.info("version %s: tree ensemble compiled with Treelite", model.version)
-    return dataclasses.replace(model, raw=predictor)
-
-
-def _fast_model(pyfunc: Any, sig: Signature) -> Any | None:
-    if "sklearn" not in (pyfunc.metadata.flavors or {}) or not sig.all_numeric or sig.has_params:
-        return None
-    try:
-        raw = pyfunc.get_raw_model()
-    except Exception:
-        return None
-    names = getattr(raw, "feature_names_in_", None)
-    if names is not None and list(names) != sig.names:
-        return None
-    if getattr(raw, "n_features_in_", len(sig.columns)) != len(sig.columns) or not hasattr(raw, "predict"):
-        return None
-    return raw
-
-
-def _example_frame(model: LoadedModel) -> Any:
-    import pandas as pd
-
-    example = None
-    try:
-        example = model.pyfunc.input_example
-    except Exception:
-        example = None
-    if isinstance(example, pd.DataFrame) and len(example):
-        return example
-    if isinstance(example, dict):
-        try:
-            return pd.DataFrame(example)
-        except ValueError:
-            pass
-    if not model.signature.columns:
-        raise ModelError(f"version {model.version} has neither an input example nor a column signature to smoke-test")
-    zeros = {"double": 0.0, "float": 0.0, "long": 0, "integer": 0, "boolean": False, "string": ""}
-    return pd.DataFrame({c.name: [zeros.get(c.kind)] for c in model.signature.columns})
+def _loaded(rt: ModelRuntime) -> LoadedModel:
+    return LoadedModel(rt, time.time(), json.dumps(list(rt.spec.classes)))
 
 
 def _smoke_test(model: LoadedModel) -> LoadedModel:
-    """Predict the input example through the serving path (and the pyfunc path); refuse on error."""
+    """Predict the input example through the serving path (request conversion, then the runtime) and
+    compare with the model's own predict; a path that disagrees falls back to the pyfunc. Refuse on error."""
+    from loopline.runtime import as_1d, example_frame
     from loopline.serving.protocols import Parsed
     from loopline.serving.schema import convert_columns
 
     try:
-        df = _example_frame(model)
+        df = example_frame(model.runtime)
         if model.signature.columns:
             raw = {c: df[c].tolist() for c in df.columns}
-            cols = convert_columns(model.signature, raw, len(df))
-            parsed = Parsed(cols, len(df))
+            parsed = Parsed(convert_columns(model.signature, raw, len(df)), len(df))
         else:
             parsed = Parsed({}, len(df), raw_frame={c: df[c].tolist() for c in df.columns})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             served = model.predict(parsed)
-            if model.raw is not None:
-                reference = _as_array(model.pyfunc.predict(df))
-                if reference.shape != served.shape or not np.allclose(reference, served, equal_nan=True):
-                    log.warning("version %s: fast path disagrees with pyfunc; using pyfunc", model.version)
-                    model = dataclasses.replace(model, raw=None)
+            if model.runtime.path != "pyfunc":
+                reference = as_1d(model.runtime.pyfunc.predict(df), len(df))
+                if not _same(reference, served.labels, model.spec):
+                    path = model.runtime.path
+                    log.warning("version %s: the %s path disagrees with pyfunc; using pyfunc", model.version, path)
+                    rt = dataclasses.replace(model.runtime, path="pyfunc", estimator=None, compiled=False)
+                    model = _loaded(rt)
                     served = model.predict(parsed)
-    except ModelError:
-        raise
     except InputError as exc:
         raise ModelError(f"version {model.version} failed its smoke test: {exc.message}") from None
     except Exception as exc:
@@ -203,6 +180,17 @@ def _smoke_test(model: LoadedModel) -> LoadedModel:
     if len(served) != len(df):
         raise ModelError(f"version {model.version} returned {len(served)} predictions for {len(df)} example rows")
     return model
+
+
+def _same(want: np.ndarray, got: np.ndarray, spec: LabelSpec) -> bool:
+    if want.shape != got.shape:
+        return False
+    if not spec.is_classifier:
+        try:
+            return bool(np.allclose(want.astype(np.float64), got, rtol=1e-9, atol=1e-9, equal_nan=True))
+        except (TypeError, ValueError):
+            return False
+    return [py_value(v, spec.kind) for v in want.tolist()] == [py_value(v, spec.kind) for v in got.tolist()]
 
 
 class ModelHolder:
@@ -261,7 +249,9 @@ class ModelHolder:
         self.last_error = None
         self.metrics.reload(ok=True)
         self.metrics.model_info(model.name, model.version, model.run_id, old)
-        log.info("serving %s version %s (was %s)", model.name, model.version, old)
+        rt = model.runtime
+        how = f"{rt.path} path" + (", Treelite" if rt.compiled else "")
+        log.info("serving %s version %s (was %s; %s)", model.name, model.version, old, how)
         return "swapped"
 
     async def check_async(self) -> str:

@@ -133,7 +133,11 @@ V2_INFER_BODY: dict[str, Any] = {
                                 "type": "object",
                                 "required": ["name"],
                                 "properties": {
-                                    "name": {"type": "string", "enum": ["predict"]},
+                                    "name": {
+                                        "type": "string",
+                                        "enum": ["predict", "probability", "probabilities"],
+                                        "description": "probability and probabilities: classifiers only.",
+                                    },
                                     "parameters": {"type": "object", "additionalProperties": True},
                                 },
                             },
@@ -158,17 +162,38 @@ class ErrorBody(BaseModel):
 
 
 class InvocationsResponse(BaseModel):
-    predictions: list[Any] = Field(description="One prediction per input row.")
+    predictions: list[StrictBool | StrictInt | StrictFloat | StrictStr | None] = Field(
+        description="One prediction per input row: a number (regression), else the predicted class in the "
+        "target's own JSON type (integer, boolean or string)."
+    )
+    probability: list[float | None] | None = Field(
+        None,
+        description="Classifiers with probabilities: per row, P(positive class) for a binary model, else "
+        "P(predicted class).",
+    )
+    classes: list[StrictBool | StrictInt | StrictFloat | StrictStr] | None = Field(
+        None, description="Classifiers with probabilities: the classes, in the column order of `probabilities`."
+    )
+    probabilities: list[list[float | None]] | None = Field(
+        None, description="Classifiers with probabilities: per row, the probability of each class in `classes`."
+    )
     request_ids: list[str] = Field(description="loopline's id per row (use it in /feedback).")
     model_version: str = Field(description="The registered model version that predicted.")
 
 
 class V2Output(BaseModel):
-    name: str
+    name: str = Field(
+        description="predict (the labels: INT64, BOOL or BYTES by the target's type, FP64 for regression); "
+        "classifiers also probability (FP64 [N]) and probabilities (FP64 [N, n_classes])."
+    )
     datatype: str
     shape: list[int]
     data: list[Any] | None = None
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        None,
+        description="binary_data_size (binary tensor data extension); probabilities: classes, the class of "
+        "each column as a JSON list.",
+    )
 
 
 class V2InferResponse(BaseModel):
@@ -239,7 +264,11 @@ class FeedbackItem(BaseModel):
 
     request_id: StrictStr | None = Field(None, max_length=256, description="A request id returned by a predict call.")
     keys: dict[str, KeyValue] | None = Field(None, description="model.keys columns identifying the row.")
-    label: StrictFloat | StrictInt | StrictStr = Field(description="The observed outcome.")
+    label: StrictBool | StrictInt | StrictFloat | StrictStr = Field(
+        description="The observed outcome, parsed to the model's label type: a number (regression); one of the "
+        'model\'s classes (classification): 1, 1.0 or "1" for an integer target, true, "true", 1 or 0 for a '
+        "boolean target, text for a text target. Values are not coerced by the schema: true stays a boolean."
+    )
     received_at: datetime | None = Field(None, description="When the label was observed (default: now, UTC).")
 
 

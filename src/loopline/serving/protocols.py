@@ -10,7 +10,10 @@ MLflow (``POST /invocations``): JSON with exactly one of ``dataframe_split``, ``
 V2 (``POST /v2/models/{name}/infer``): ``{"inputs": [{"name", "shape", "datatype", "data"}]}``,
 one input per model column (shape ``[N]`` or ``[N, 1]``) or one ``[N, n_columns]`` tensor in
 signature order; the binary tensor data extension (``Inference-Header-Content-Length``) is
-supported both ways, as Triton's clients use it by default.
+supported both ways, as Triton's clients use it by default. Outputs: ``predict`` (the labels in their
+own datatype: INT64, BOOL, BYTES or FP64; regression FP64) and for classifiers with probabilities
+``probability`` (FP64 [N]) and ``probabilities`` (FP64 [N, n_classes], parameter ``classes``: the
+classes of its columns as a JSON list); ``outputs: [{"name"}]`` selects some of them.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from loopline.serving.schema import Column, InputError, Signature, convert_column, convert_columns
+
+if TYPE_CHECKING:
+    from loopline.labels import LabelSpec
 
 MLFLOW_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 _FORMATS_TEXT = "exactly one of dataframe_split, dataframe_records, instances, inputs"
@@ -39,7 +45,8 @@ class Parsed:
     passthrough: dict[str, list[Any]] = field(default_factory=dict)
     raw_frame: dict[str, list[Any]] | None = None  # only for models without a column signature
     v2_id: str | None = None
-    v2_binary_output: bool = False
+    v2_binary_output: bool = False  # the request's default for its outputs (binary_data_output)
+    v2_outputs: list[tuple[str, bool | None]] | None = None  # requested outputs: name, its own binary_data
 
 
 # ----------------------------------------------------------------------------- MLflow scoring
@@ -285,16 +292,7 @@ def parse_v2(body: bytes, header_length: str | None, sig: Signature, keys: tuple
     if rid is not None and not isinstance(rid, str):
         raise InputError("id must be a string")
     binary_out = bool((params or {}).get("binary_data_output", False))
-    outputs = obj.get("outputs")
-    if outputs is not None:
-        if not isinstance(outputs, list):
-            raise InputError("outputs must be a list of {name}")
-        for i, o in enumerate(outputs):
-            if not isinstance(o, dict) or o.get("name") != "predict":
-                raise InputError(f"outputs[{i}]: the only output is named 'predict'")
-            op = o.get("parameters")
-            if isinstance(op, dict) and op.get("binary_data"):
-                binary_out = True
+    wanted = _requested_outputs(obj.get("outputs"))
     tensors: dict[str, np.ndarray] = {}
     offset = 0
     for i, t in enumerate(inputs):
@@ -307,9 +305,32 @@ def parse_v2(body: bytes, header_length: str | None, sig: Signature, keys: tuple
     parsed = _v2_columns(tensors, sig, keys)
     parsed.v2_id = rid
     parsed.v2_binary_output = binary_out
+    parsed.v2_outputs = wanted
     mlflow_params = (params or {}).get("mlflow_params")
     parsed.params = mlflow_params if isinstance(mlflow_params, dict) else None
     return parsed
+
+
+def _requested_outputs(outputs: Any) -> list[tuple[str, bool | None]] | None:
+    """``outputs: [{"name", "parameters": {"binary_data"}}]`` as (name, binary or None); names are checked
+    against the model's outputs by :func:`select_outputs`."""
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
+        raise InputError("outputs must be a list of {name}")
+    wanted: list[tuple[str, bool | None]] = []
+    for i, o in enumerate(outputs):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise InputError(f"outputs[{i}] must be an object with a name")
+        name = o["name"]
+        if any(name == w for w, _ in wanted):
+            raise InputError(f"outputs[{i}]: output {name!r} is requested twice")
+        op = o.get("parameters")
+        if op is not None and not isinstance(op, dict):
+            raise InputError(f"outputs[{i}] ({name!r}): parameters must be an object")
+        flag = (op or {}).get("binary_data")
+        wanted.append((name, flag if isinstance(flag, bool) else None))
+    return wanted
 
 
 def _v2_tensor(i: int, t: Any, binary: bytes, offset: int) -> tuple[str, np.ndarray, int]:
@@ -500,33 +521,125 @@ def _as_column(name: str, arr: np.ndarray) -> np.ndarray:
     raise InputError(f"input {name!r} has shape {list(arr.shape)}; a column input must be [N] or [N, 1]")
 
 
+# ----------------------------------------------------------------------------- V2 outputs
+PREDICT, PROBABILITY, PROBABILITIES = "predict", "probability", "probabilities"
+LABEL_TO_V2 = {"int": "INT64", "bool": "BOOL", "str": "BYTES", "float": "FP64"}
+
+
+def label_datatype(spec: LabelSpec) -> str:
+    """The V2 datatype of the ``predict`` output: the label's own type (regression: FP64)."""
+    return LABEL_TO_V2[spec.kind] if spec.is_classifier else "FP64"
+
+
+def output_names(spec: LabelSpec, with_proba: bool) -> tuple[str, ...]:
+    return (PREDICT, PROBABILITY, PROBABILITIES) if spec.is_classifier and with_proba else (PREDICT,)
+
+
+def output_metadata(spec: LabelSpec, with_proba: bool) -> list[dict[str, Any]]:
+    """The model's outputs for V2 model metadata: the same names, datatypes and shapes as responses."""
+    out: list[dict[str, Any]] = [{"name": PREDICT, "datatype": label_datatype(spec), "shape": [-1]}]
+    if PROBABILITY in output_names(spec, with_proba):
+        out.append({"name": PROBABILITY, "datatype": "FP64", "shape": [-1]})
+        out.append({"name": PROBABILITIES, "datatype": "FP64", "shape": [-1, len(spec.classes)]})
+    return out
+
+
+def select_outputs(parsed: Parsed, names: tuple[str, ...]) -> list[tuple[str, bool]]:
+    """The outputs a V2 request asked for (all by default), each with whether it is sent as binary data;
+    an unknown name is a 400 naming the model's outputs."""
+    default = parsed.v2_binary_output
+    if parsed.v2_outputs is None:
+        return [(n, default) for n in names]
+    out = []
+    for name, binary in parsed.v2_outputs:
+        if name not in names:
+            raise InputError(f"unknown output {name!r}; this model's outputs are {', '.join(map(repr, names))}")
+        out.append((name, default if binary is None else binary))
+    return out
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One V2 output tensor."""
+
+    name: str
+    datatype: str
+    data: np.ndarray
+    parameters: dict[str, Any] | None = None
+
+
+def output_tensors(
+    spec: LabelSpec,
+    labels: np.ndarray,
+    proba: np.ndarray | None,
+    probability: np.ndarray | None,
+    classes_json: str,
+    names: list[str],
+) -> list[Tensor]:
+    """The requested outputs of one prediction, in the datatypes :func:`output_metadata` announces."""
+    out: list[Tensor] = []
+    for name in names:
+        if name == PREDICT:
+            dt = label_datatype(spec)
+            data = labels if dt == "BYTES" else np.asarray(labels, dtype=V2_DTYPES[dt])
+            out.append(Tensor(PREDICT, dt, data))
+        elif name == PROBABILITY and probability is not None:
+            out.append(Tensor(PROBABILITY, "FP64", probability))
+        elif name == PROBABILITIES and proba is not None:
+            # V2 parameter values are scalars: the class of each column as one JSON list
+            out.append(Tensor(PROBABILITIES, "FP64", proba, {"classes": classes_json}))
+    return out
+
+
+def _blob(t: Tensor) -> bytes:
+    if t.datatype == "BYTES":
+        parts = []
+        for v in t.data.reshape(-1).tolist():
+            b = v if isinstance(v, bytes) else str(v).encode()
+            parts.append(struct.pack("<I", len(b)) + b)
+        return b"".join(parts)
+    arr = np.ascontiguousarray(t.data)
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _json_data(t: Tensor) -> list[Any]:
+    flat = t.data.reshape(-1)
+    if t.datatype == "BYTES":
+        return [v if isinstance(v, str) else str(v) for v in flat.tolist()]
+    return encode_predictions(flat)
+
+
 def encode_v2(
-    model_name: str, version: str, preds: np.ndarray, request_ids: list[str], rid: str | None, binary: bool
+    model_name: str,
+    version: str,
+    tensors: list[Tensor],
+    request_ids: list[str],
+    rid: str | None,
+    binary: list[bool] | bool = False,
 ) -> tuple[bytes, int | None]:
-    """The infer response body, and the JSON header length when outputs are sent as binary."""
-    arr = np.asarray(preds)
-    dtype = v2_datatype(arr)
-    out: dict[str, Any] = {"name": "predict", "datatype": dtype, "shape": list(arr.shape)}
+    """The infer response body, and the JSON header length when any output is sent as binary data
+    (``binary``: per tensor, or one flag for all)."""
+    flags = [binary] * len(tensors) if isinstance(binary, bool) else binary
     resp: dict[str, Any] = {"model_name": model_name, "model_version": version}
     if rid is not None:
         resp["id"] = rid
     resp["parameters"] = {"request_ids": ",".join(request_ids)}  # V2 parameter values are scalars
-    blob = b""
-    if binary:
-        if dtype == "BYTES":
-            parts = []
-            for v in arr.reshape(-1).tolist():
-                b = v if isinstance(v, bytes) else str(v).encode()
-                parts.append(struct.pack("<I", len(b)) + b)
-            blob = b"".join(parts)
+    blobs: list[bytes] = []
+    outputs = []
+    for t, as_binary in zip(tensors, flags, strict=True):
+        out: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(t.data.shape)}
+        params = dict(t.parameters or {})
+        if as_binary:
+            blob = _blob(t)
+            blobs.append(blob)
+            params["binary_data_size"] = len(blob)
         else:
-            blob = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
-        out["parameters"] = {"binary_data_size": len(blob)}
-    else:
-        flat = arr.reshape(-1)
-        out["data"] = encode_predictions(flat) if dtype != "BYTES" else [str(v) for v in flat.tolist()]
-    resp["outputs"] = [out]
+            out["data"] = _json_data(t)
+        if params:
+            out["parameters"] = params
+        outputs.append(out)
+    resp["outputs"] = outputs
     head = json.dumps(resp, separators=(",", ":")).encode()
-    if binary:
-        return head + blob, len(head)
+    if blobs:
+        return head + b"".join(blobs), len(head)
     return head, None
