@@ -15,6 +15,7 @@ that was not text.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -115,7 +116,7 @@ class LabelSpec:
         if self.binary and self.threshold is not None:
             pos = self.positive_index()
             hit = proba[:, pos] >= self.threshold
-            return np.where(hit, classes[pos], classes[1 - pos])
+            return classes[np.where(hit, pos, 1 - pos)]  # indexing keeps the classes' dtype (text stays objects)
         return classes[np.argmax(proba, axis=1)]
 
     def score(self, labels: np.ndarray, proba: np.ndarray) -> np.ndarray:
@@ -124,12 +125,30 @@ class LabelSpec:
 
         if self.binary:
             return np.asarray(proba[:, self.positive_index()], dtype=np.float64)
-        index = {c: i for i, c in enumerate(self.classes)}
-        cols = np.fromiter((index.get(py_value(v, self.kind), -1) for v in labels), dtype=np.intp, count=len(labels))
+        cols = self.class_index(labels)
         out = np.full(len(labels), np.nan)
         ok = cols >= 0
         out[ok] = proba[np.nonzero(ok)[0], cols[ok]]
         return out
+
+    @functools.cached_property
+    def _columns(self) -> dict[Any, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    def class_index(self, labels: np.ndarray) -> np.ndarray:
+        """The column of each label in ``classes`` (-1 for a label that is not a class)."""
+        import numpy as np
+
+        if len(labels) <= 64:  # a request's few rows: a dict lookup beats sorting
+            cols = self._columns
+            return np.fromiter((cols.get(py_value(v, self.kind), -1) for v in labels), np.intp, len(labels))
+        classes = self.class_array()
+        values = np.asarray(labels, dtype=classes.dtype) if self.kind != "str" else np.asarray(labels, dtype=object)
+        order = np.argsort(classes, kind="stable")
+        ranked = classes[order]
+        pos = np.clip(np.searchsorted(ranked, values), 0, len(ranked) - 1)
+        found = ranked[pos] == values
+        return np.where(found, order[pos], -1).astype(np.intp)
 
     def class_array(self) -> np.ndarray:
         import numpy as np
