@@ -127,6 +127,7 @@ def test_predictions_follow_the_contract(project: Project) -> None:
     t = store(project).read("predictions")
     assert t.schema.names == [
         "id",
+        "_input_batch_id",
         "prediction",
         "model_name",
         "model_version",
@@ -140,6 +141,7 @@ def test_predictions_follow_the_contract(project: Project) -> None:
     assert t.schema.field("scored_at").type == pa.timestamp("us", tz="UTC")
     assert t.schema.field("out_of_range").type == pa.bool_()
     assert set(t.column("_batch_id").to_pylist()) == {"features-v0"}
+    assert set(t.column("_input_batch_id").to_pylist()) == {"f1"}  # the scored rows' own ingest batch
     assert set(t.column("model_version").to_pylist()) == {"1"}
     assert sorted(t.column("id").to_pylist()) == list(range(300))
     # progress saw bounded batches (batch_size 64) and the known total
