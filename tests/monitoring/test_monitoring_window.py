@@ -15,13 +15,13 @@ from loopline.tables import DeltaStore
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _scored_history(tmp_path: Path):  # type: ignore[no-untyped-def]
+def _scored_history(tmp_path: Path, **extra: object):  # type: ignore[no-untyped-def]
     """A champion trained on January 2024 (hourly rows) and a later batch of February rows scored today."""
     from loopline import registry
     from loopline.batch import score
     from loopline.training import train
 
-    p = make_project(tmp_path, {"gate": {"thresholds": None, "min_improvement": None}})
+    p = make_project(tmp_path, {"gate": {"thresholds": None, "min_improvement": None}, **extra})
     registry.promote(p, train(p).version)
     store = DeltaStore(p.storage_root)
     later = features_table(n=240, seed=3)
@@ -65,3 +65,26 @@ def test_event_time_needs_a_time_column(tmp_path: Path) -> None:
     assert event_column(p) is None  # auto: wall clock without a time column
     with pytest.raises(MonitoringError, match=r"monitoring by event time needs model.time_column"):
         event_column(p, "event")
+
+
+def test_a_time_key_logged_as_text_counts_by_wall_clock(tmp_path: Path) -> None:
+    """Prediction logs written before the time key was typed hold it as text: no crash, wall clock."""
+    from loopline.monitoring.monitor import monitor
+
+    p = _scored_history(tmp_path, monitoring={"source": "both"})
+    store = DeltaStore(p.storage_root)
+    preds = store.read("predictions")
+    feats = store.read("features").slice(0, 5)
+    now = datetime.now(UTC)
+    log = {
+        "request_id": pa.array([f"r{i}" for i in range(5)]),
+        "timestamp": pa.array([now] * 5, pa.timestamp("us", tz="UTC")),
+        "status": pa.array([200] * 5, pa.int64()),
+        "prediction": preds.column("prediction").slice(0, 5),
+    }
+    log.update({c: feats.column(c) for c in feats.column_names if c not in ("ts", "_batch_id", "target", "id")})
+    log["ts"] = pa.array(["2024-02-09T10:00:00+00:00"] * 5)  # text, as JSON sent it
+    store.append("inference_log", pa.table(log))
+    res = monitor(p, time="event")
+    assert res.verdict != "no_data" and res.drift.n_current == 168  # the batch's week; logged rows are today's
+    assert monitor(p, time="wall").drift.n_current == 245

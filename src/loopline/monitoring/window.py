@@ -69,7 +69,7 @@ def window_sql(alias: str, columns: list[str], wall: str, start: datetime, end: 
     """SQL predicate: the row's event time (else its wall-clock column) is in ``[start, end)``."""
     when = f'{alias}."{wall}"'
     if event is not None and event in columns:
-        when = f'COALESCE(CAST({alias}."{event}" AS TIMESTAMPTZ), {when})'
+        when = f'COALESCE(TRY_CAST({alias}."{event}" AS TIMESTAMPTZ), {when})'
     return f"{when} >= {_literal(start)} AND {when} < {_literal(end)}"
 
 
@@ -81,12 +81,18 @@ def _bounds(typ: pa.DataType, start: datetime, end: datetime) -> tuple[pa.Scalar
     return pa.scalar(start, _TS), pa.scalar(end, _TS)
 
 
+def _temporal(typ: pa.DataType) -> bool:
+    """Only a timestamp/date column is an event time: a key sent as text over HTTP (older prediction
+    logs stored passthrough keys as strings) leaves those rows to their wall-clock time."""
+    return bool(pa.types.is_timestamp(typ) or pa.types.is_date(typ))
+
+
 def window_filter(dataset: ds.Dataset, wall: str, start: datetime, end: datetime, event: str | None) -> ds.Expression:
     """Dataset filter: the row's event time (else its wall-clock column) is in ``[start, end)``."""
     names = dataset.schema.names
     lo, hi = _bounds(dataset.schema.field(wall).type, start, end)
     by_wall = (ds.field(wall) >= lo) & (ds.field(wall) < hi)
-    if event is None or event not in names:
+    if event is None or event not in names or not _temporal(dataset.schema.field(event).type):
         return by_wall
     elo, ehi = _bounds(dataset.schema.field(event).type, start, end)
     by_event = (ds.field(event) >= elo) & (ds.field(event) < ehi)
@@ -95,7 +101,7 @@ def window_filter(dataset: ds.Dataset, wall: str, start: datetime, end: datetime
 
 def event_filter(dataset: ds.Dataset, start: datetime, end: datetime, event: str) -> ds.Expression | None:
     """Rows whose event time is in ``[start, end)`` (None when the dataset has no such column)."""
-    if event not in dataset.schema.names:
+    if event not in dataset.schema.names or not _temporal(dataset.schema.field(event).type):
         return None
     lo, hi = _bounds(dataset.schema.field(event).type, start, end)
     return (ds.field(event) >= lo) & (ds.field(event) < hi)
@@ -115,7 +121,7 @@ def newest_event(project: Project, store: DeltaStore, event: str) -> datetime | 
         if not used or not store.exists(table):
             continue
         cols = store.schema(table).names
-        when = f'COALESCE(CAST("{event}" AS TIMESTAMPTZ), "{wall}")' if event in cols else f'"{wall}"'
+        when = f'COALESCE(TRY_CAST("{event}" AS TIMESTAMPTZ), "{wall}")' if event in cols else f'"{wall}"'
         names.append(table)
         parts.append(f"SELECT max({when}) AS t FROM {table}")
     if not parts:
