@@ -494,6 +494,7 @@ def _from_pandas(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 @contextmanager
 def _server(project: Project) -> Iterator[str]:
     """A real uvicorn server for the policy's project, in this process (it serves the replay's registry)."""
+    import logging
     import socket
     import threading
 
@@ -505,6 +506,7 @@ def _server(project: Project) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per replayed request is noise
     server = uvicorn.Server(uvicorn.Config(create_app(project), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="loopline-replay-server", daemon=True)
     thread.start()

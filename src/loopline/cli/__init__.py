@@ -27,8 +27,11 @@ app = typer.Typer(
 run_app = typer.Typer(help="Run one job by hand: ingest, train, batch, monitor, loop, retention.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (logs, CI, pipes) rich would wrap every line at 80 columns, splitting messages mid-sentence:
+# there, lines are as long as they need to be (COLUMNS still wins when set).
+_WIDE = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 240
+console = Console(width=_WIDE)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() or os.environ.get("COLUMNS") else 240)
 
 ProjectOpt = Annotated[
     Path | None,
