@@ -101,14 +101,14 @@ def batch_stats(store: DeltaStore, batch_id: str, columns: list[str], contract: 
         exprs = ["count(*)"] + [f"count({quote(c)})" for c in columns]
         typed = [c for c in contract.columns if c in columns and ERRORS in schema.names]
         exprs += [f"count(json_extract_string({ERRORS}, '$.' || {_lit(json.dumps(c))}))" for c in typed]
-        row = con.execute(f"SELECT {', '.join(exprs)} FROM raw WHERE {where}", [batch_id]).fetchone()
+        row = con.execute(f"SELECT {', '.join(exprs)} FROM raw WHERE {where}", [batch_id]).fetchall()[0]
         assert row is not None
         dups = {}
         for c, spec in contract.columns.items():
             if spec.unique and c in columns:
                 q = quote(c)
                 sql = f"SELECT {q} FROM raw WHERE {where} AND {q} IS NOT NULL GROUP BY {q} HAVING count(*) > 1"
-                values = con.execute(sql, [batch_id]).to_arrow_table().column(0).combine_chunks()  # type: ignore[union-attr]
+                values = con.sql(sql, params=[batch_id]).to_arrow_table().column(0).combine_chunks()
                 if len(values):
                     dups[c] = values
     finally:
