@@ -102,3 +102,27 @@ def test_config_error_exit_code(project_dir: Path, cli) -> None:  # type: ignore
     assert r.returncode == 2
     assert "loopline.yaml: serving.port must be a number >= 1, got -1" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_sql_sandbox_and_timeout_through_the_cli(project_dir: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    seed(project_dir)
+    for query in ("select * from read_csv('/etc/passwd')", "select * from read_text('/proc/self/environ')"):
+        r = cli("sql", query, cwd=project_dir)
+        assert r.returncode == 1, r.stderr
+        assert "file system operations are disabled" in r.stderr and "Traceback" not in r.stderr
+    r = cli(
+        "sql", "select count(*) from range(1000000000000) a where a.range % 7 = 3", "--timeout", "1", cwd=project_dir
+    )
+    assert r.returncode == 1 and "ran longer than 1 s" in r.stderr, r.stderr
+
+
+def test_sql_csv_and_json_with_nested_columns(project_dir: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    seed(project_dir)
+    query = "select x, [x, 2] as l, map {'a': x} as m, {'k': x} as s from raw order by x"
+    r = cli("sql", query, "--format", "csv", cwd=project_dir)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == '"x","l","m","s"'
+    assert lines[1] == '1,"[1,2]","{""a"":1}","{""k"":1}"'
+    r = cli("sql", query, "--format", "json", cwd=project_dir)
+    assert json.loads(r.stdout.splitlines()[0]) == {"x": 1, "l": [1, 2], "m": {"a": 1}, "s": {"k": 1}}

@@ -174,3 +174,13 @@ def test_cli_ingest_and_its_errors(project, cli) -> None:
     assert bad.returncode == 1
     assert "source 'nope' is not defined" in bad.stderr
     assert "Hint: defined sources: points" in bad.stderr.replace("\n", " ")
+
+
+def test_a_ragged_csv_names_its_bad_lines(project, store) -> None:
+    rows = ["id,x,y"] + [f"{i},{i % 50 + 0.5},{2.0 * i}" for i in range(100)]
+    rows[11] = "10,1.5,2.0,99"
+    rows[21] = "20"
+    (project.root / "data" / "points.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(SourceError, match=r"malformed line\(s\): line 12 \(.*4.*\), line 22 \(.*1.*\)"):
+        ingest(project, "points", store=store)
+    assert not store.exists("raw")

@@ -225,3 +225,53 @@ def test_readonly_sql(store: DeltaStore) -> None:
         run_readonly_sql(con, "select 1; select 2")
     with pytest.raises(SqlError, match=r"query failed: .*nope"):
         run_readonly_sql(con, "select * from nope")
+
+
+def test_sql_is_sandboxed(store: DeltaStore) -> None:
+    store.append("raw", rows(3, "a"))
+    files = next(Path(store.uri("raw")).glob("*.parquet"))  # the table's own data file
+    for query in (
+        "select * from read_csv('/etc/passwd')",
+        "select * from read_text('/proc/self/environ')",
+        "select * from glob('/root/*')",
+        f"select * from read_parquet('{files}')",
+    ):
+        with pytest.raises(SqlError, match=r"query refused: .*file system operations are disabled"):
+            run_readonly_sql(store.sql(), query).read_all()
+    for query, match in (
+        ("install httpfs", r"this is a LOAD statement"),
+        ("load httpfs", r"this is a LOAD statement"),
+        ("set enable_external_access = true", r"this is a SET statement"),
+    ):
+        with pytest.raises(SqlError, match=match):
+            run_readonly_sql(store.sql(), query)
+    con = store.sql()
+    run_readonly_sql(con, "select 1").read_all()
+    with pytest.raises(Exception, match=r"configuration has been locked"):  # even past the statement filter
+        con.execute("set enable_external_access = true")
+    with pytest.raises(Exception, match=r"disabled"):
+        con.execute("load httpfs")
+
+
+def test_sql_accepts_pivot_and_leading_comments(store: DeltaStore) -> None:
+    store.append("raw", rows(4, "a"))
+    for query in (
+        "PIVOT (select _batch_id from raw) ON _batch_id USING count(*)",
+        "-- how many\nselect count(*) as n from raw",
+        "/* how many */ select count(*) as n from raw",
+        "  (select count(*) as n from raw)",
+    ):
+        out = run_readonly_sql(store.sql(), query).read_all()
+        assert out.num_rows == 1, query
+    with pytest.raises(SqlError, match=r"this is a DELETE statement"):
+        run_readonly_sql(store.sql(), "/* select */ delete from raw")
+
+
+def test_sql_statement_timeout(store: DeltaStore) -> None:
+    import time
+
+    slow = "select count(*) from range(1000000000000) a where a.range % 7 = 3"
+    start = time.monotonic()
+    with pytest.raises(SqlError, match=r"the query ran longer than 0.5 s and was stopped"):
+        run_readonly_sql(store.sql(), slow, timeout=0.5).read_all()
+    assert time.monotonic() - start < 30

@@ -7,6 +7,7 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from loopline.config import ContractConfig, load_project
@@ -128,12 +129,19 @@ def test_schema_drift_stops_the_batch(tmp_path: Path, header: str, row: str, mat
 
 
 def test_uncoercible_type_lists_the_values(tmp_path: Path) -> None:
+    # one value of another type is a bad row (quarantined); a whole column of them is schema drift
     lines = ["id,x,code,when"] + [f"{i},{'bad' if i == 4 else i},a,2024-01-01" for i in range(10)]
     project, store = run(make_project(tmp_path, lines, rate=1.0))
+    outcome = validate_batch(project.config.contract, store, "b1", root=project.root, reports_dir=reports_dir(project))
+    (check,) = outcome.report.checks
+    assert (check.check, check.column, check.examples) == ("type float", "x", ["bad"])
+    assert store.read("quarantine").column("_failed_checks").to_pylist() == ["x:type float"]
+    lines = ["id,x,code,when"] + [f"{i},bad{i % 2},a,2024-01-01" for i in range(10)]
+    project, store = run(make_project(tmp_path, lines, rate=1.0), batch="b2")
     with pytest.raises(ValidationFailed) as err:
-        validate_batch(project.config.contract, store, "b1", root=project.root, reports_dir=reports_dir(project))
+        validate_batch(project.config.contract, store, "b2", root=project.root, reports_dir=reports_dir(project))
     (item,) = err.value.report.drift  # type: ignore[attr-defined]
-    assert item.detail == "cannot be coerced to float64" and item.examples == ["bad"]
+    assert item.detail == "cannot be coerced to float64" and item.examples == ["bad0", "bad1"]
 
 
 def _checks_module(root: Path, body: str) -> str:
@@ -199,3 +207,104 @@ def test_cli_exit_code_3_and_summary_on_failure(tmp_path: Path, cli) -> None:  #
     again = cli("validate", "--batch-id", "b7", "--project", str(root))
     assert again.returncode == 3
     assert "FAILED" in again.stdout
+
+
+def _season_project(root: Path, rate: float, row_count: str = "") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "loopline.yaml").write_text(
+        textwrap.dedent(
+            f"""\
+            project: demo
+            model: {{name: demo, target: y, keys: [id]}}
+            sources:
+              first: {{kind: csv, path: first.csv}}
+              second: {{kind: csv, path: second.csv}}
+            contract:
+              max_failure_rate: {rate}
+              {row_count}
+              columns:
+                id: {{type: int, nullable: false, unique: true}}
+                season: {{type: int, min: 0, max: 3}}
+                y: {{type: float}}
+            environments: {{dev: {{}}}}
+            """
+        )
+    )
+    (root / "first.csv").write_text("id,season,y\n" + "".join(f"{i},{i % 4},{i}.5\n" for i in range(100)))
+    return root
+
+
+@pytest.mark.parametrize("bad_at", [5, 30_000])  # inside and far past DuckDB's type-sniffing sample
+def test_an_uncoercible_value_is_a_quarantined_row_and_good_rows_land(tmp_path: Path, bad_at: int) -> None:
+    root = _season_project(tmp_path, rate=0.01)
+    n = max(100, bad_at + 10)
+    text = "id,season,y\n" + "".join(f"{i},{'spring' if i == bad_at else i % 4},{i}.5\n" for i in range(n))
+    (root / "second.csv").write_text(text)
+    project = load_project(root)
+    run_pipeline(project, "first", batch_id="b1")  # raw now holds `season` as an int column
+    for i in range(2):  # twice: re-running replaces, never duplicates
+        result = run_pipeline(project, "second", batch_id="b2")
+        assert result.validation.failing_rows == 1 and result.features.rows == n - 1, i
+    (check,) = result.validation.checks
+    assert (check.check, check.column, check.failing_count, check.examples) == ("type int", "season", 1, ["spring"])
+    store = DeltaStore(project.storage_root)
+    (bad,) = store.read("quarantine").to_pylist()
+    assert bad["id"] == bad_at and bad["season"] is None and bad["_failed_checks"] == "season:type int"
+    assert json.loads(bad["_type_errors"]) == {"season": "spring"}
+    assert store.schema("raw").field("season").type == pa.int64()
+
+
+def test_uncoercible_values_above_the_failure_rate_stop_the_batch_with_a_report(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    root = _season_project(tmp_path, rate=0.0)
+    (root / "second.csv").write_text(
+        "id,season,y\n" + "".join(f"{i},{'spring' if i < 3 else 1},1.0\n" for i in range(20))
+    )
+    assert cli("ingest", "first", cwd=root).returncode == 0
+    r = cli("ingest", "second", "--batch-id", "b2", cwd=root)
+    assert r.returncode == 3, r.stderr
+    assert "type int" in r.stdout and "spring" in r.stdout
+    assert "15.00% of rows failed" in r.stderr.replace("\n", " ")
+    assert DeltaStore(load_project(root).storage_root).read("quarantine").num_rows == 3
+
+
+def test_a_missing_contract_column_is_schema_drift_not_null_failures(tmp_path: Path) -> None:
+    root = _season_project(tmp_path, rate=0.0)
+    (root / "second.csv").write_text("id,y\n" + "".join(f"{i},1.0\n" for i in range(500, 520)))
+    project = load_project(root)
+    run_pipeline(project, "first", batch_id="b1")  # `season` exists in raw from this batch
+    store = DeltaStore(project.storage_root)
+    before = store.version("raw")
+    with pytest.raises(ValidationFailed, match=r"schema drift: missing_column season") as err:
+        run_pipeline(project, "second", batch_id="b2")
+    report = err.value.report
+    assert [(d.kind, d.column) for d in report.drift] == [("missing_column", "season")]  # type: ignore[attr-defined]
+    assert report.checks == [] and Path(report.report_path).exists()  # type: ignore[attr-defined]
+    assert store.version("raw") == before  # nothing committed
+
+
+def test_row_count_bounds_are_checked_before_raw_is_written(tmp_path: Path) -> None:
+    root = _season_project(tmp_path, rate=0.0, row_count="row_count: {min: 1, max: 50}")
+    project = load_project(root)
+    with pytest.raises(ValidationFailed, match=r"the batch has 100 rows, outside row_count \[1, 50\]") as err:
+        run_pipeline(project, "first", batch_id="b1")
+    assert Path(err.value.report.report_path).exists()  # type: ignore[attr-defined]
+    assert not DeltaStore(project.storage_root).exists("raw")
+
+
+def test_validation_streams_in_chunks_and_finds_duplicates_across_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import loopline.validate as validate
+
+    monkeypatch.setattr(validate, "CHUNK_ROWS", 7)
+    seen: list[int] = []
+    real = validate.check_frame
+    monkeypatch.setattr(validate, "check_frame", lambda df, *a, **k: seen.append(len(df)) or real(df, *a, **k))
+    lines = good_rows(40)
+    lines[35] = "3,4.5,a,2024-01-01 00:00:00"  # duplicates id 3, five chunks apart
+    project, store = run(make_project(tmp_path, lines, rate=0.1))
+    outcome = validate_batch(project.config.contract, store, "b1", root=project.root, reports_dir=reports_dir(project))
+    assert max(seen) == 7 and sum(seen) == 40  # never the whole batch at once
+    assert [(c.check, c.column, c.failing_count) for c in outcome.report.checks] == [("unique", "id", 2)]
+    assert sorted(store.read("quarantine").column("id").to_pylist()) == [3, 3]
+    assert len(outcome.valid) == 38

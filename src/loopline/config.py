@@ -550,7 +550,7 @@ def read_raw(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_unique(text, path.name)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -560,6 +560,41 @@ def read_raw(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path.name}: must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def _load_unique(text: str, file: str) -> Any:
+    """``yaml.safe_load`` that refuses a key written twice in one mapping (YAML would keep the last)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicates(node, "", file)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicates(node: yaml.Node, path: str, file: str) -> None:
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicates(item, f"{path}[{i}]", file)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen: dict[str, int] = {}
+    for key_node, value in node.value:
+        key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else None
+        if key is None or key == "<<":
+            continue
+        dotted = f"{path}.{key}" if path else key
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(
+                f"{file}: duplicate key {dotted!r} at line {line} (first at line {seen[key]})",
+                hint="YAML would silently keep only the last one; keep one of them",
+            )
+        seen[key] = line
+        _refuse_duplicates(value, dotted, file)
 
 
 def validate(data: dict[str, Any], file: str) -> LooplineConfig:

@@ -56,6 +56,12 @@ class HookError(LooplineError):
     """A user hook (``module:function``) could not be imported or raised."""
 
 
+class HookConfigError(HookError, ConfigError):
+    """A hook reference in loopline.yaml cannot be imported: a configuration error (exit 2)."""
+
+    exit_code = 2
+
+
 class TrainingError(LooplineError):
     """Training could not run."""
 

@@ -53,7 +53,12 @@ def validate_params(cls: type, params: dict[str, Any], file: str, key: str = "tr
     names = [p for p in sig.parameters if p != "self"]
     problems: list[str] = []
     if not accepts_any:
-        problems += [f"{file}: {key}.{k} is not a parameter of {cls.__name__}" for k in params if k not in names]
+        valid = ", ".join(names)
+        problems += [
+            f"{file}: {key}.{k} is not a parameter of {cls.__name__} (got {k}: {v!r}; valid: {valid})"
+            for k, v in params.items()
+            if k not in names
+        ]
     constraints = getattr(cls, "_parameter_constraints", None)
     if isinstance(constraints, dict):
         from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints

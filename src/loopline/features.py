@@ -6,6 +6,7 @@ The result lands in the ``features`` table (``replace_batch`` by default, or ``a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
     from loopline.config import FeaturesConfig
     from loopline.tables import DeltaStore
+    from loopline.validate_stream import StagedRows
 
 TABLE = "features"
 
@@ -75,13 +77,23 @@ def to_arrow(frame: pd.DataFrame) -> pa.Table:
 def build_features(
     config: FeaturesConfig,
     store: DeltaStore,
-    frame: pd.DataFrame,
+    frame: pd.DataFrame | StagedRows,
     batch_id: str,
     *,
     root: Path | None = None,
     time_column: str | None = None,
 ) -> FeaturesResult:
-    """Apply the hook to the validated rows of ``batch_id`` and write them to ``features``."""
+    """Apply the hook to the validated rows of ``batch_id`` and write them to ``features``.
+
+    Without a hook, staged rows stream into the table (bounded memory); a hook gets the whole batch as
+    one DataFrame."""
+    from loopline.validate_stream import StagedRows
+
+    if isinstance(frame, StagedRows):
+        reader = frame.reader()
+        if config.hook is None and reader is not None:
+            return _stream(config, store, reader, batch_id)
+        frame = frame.frame()
     out = apply_hook(config, frame.drop(columns=[c for c in frame.columns if c == "_batch_id"]), root)
     if (
         time_column
@@ -98,3 +110,21 @@ def build_features(
     else:
         version = store.replace_batch(TABLE, table, batch_id)
     return FeaturesResult(batch_id, table.num_rows, table.column_names, version, config.mode)
+
+
+def _stream(config: FeaturesConfig, store: DeltaStore, reader: pa.RecordBatchReader, batch_id: str) -> FeaturesResult:
+    """The identity features of staged rows, streamed with ``_batch_id`` in one commit."""
+    schema = reader.schema.append(pa.field("_batch_id", pa.string()))
+    counted = [0]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for b in reader:
+            counted[0] += b.num_rows
+            yield pa.RecordBatch.from_arrays([*b.columns, pa.repeat(pa.scalar(batch_id), b.num_rows)], schema=schema)
+
+    data = pa.RecordBatchReader.from_batches(schema, batches())
+    if config.mode == "append":
+        version = store.append(TABLE, data, batch_id=batch_id)
+    else:
+        version = store.replace_batch(TABLE, data, batch_id)
+    return FeaturesResult(batch_id, counted[0], schema.names, version, config.mode)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loopline.errors import HookError
+from loopline.errors import HookConfigError
 
 
 def add_project_paths(root: Path) -> None:
@@ -25,19 +25,19 @@ def load_hook(ref: str, key: str, root: Path | None = None) -> Callable[..., Any
         add_project_paths(root)
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
-        raise HookError(f"{key}: {ref!r} is not a `package.module:function` reference")
+        raise HookConfigError(f"{key}: {ref!r} is not a `package.module:function` reference")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise HookError(
+        raise HookConfigError(
             f"{key}: cannot import module {module_name!r} ({exc})",
             hint="the module must be importable from the project folder, its src/ or the environment",
         ) from None
     except Exception as exc:
-        raise HookError(f"{key}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+        raise HookConfigError(f"{key}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
     fn = getattr(module, attr, None)
     if fn is None:
-        raise HookError(f"{key}: module {module_name!r} has no attribute {attr!r}")
+        raise HookConfigError(f"{key}: module {module_name!r} has no attribute {attr!r}")
     if not callable(fn):
-        raise HookError(f"{key}: {ref!r} is not callable")
+        raise HookConfigError(f"{key}: {ref!r} is not callable")
     return fn  # type: ignore[no-any-return]

@@ -24,7 +24,8 @@ from loopline.errors import SourceError
 from loopline.sources import BATCH_ROWS, OpenedSource, open_source
 
 if TYPE_CHECKING:
-    from loopline.config import Project
+    from loopline.coerce import TypeTally
+    from loopline.config import ContractConfig, Project
     from loopline.features import FeaturesResult
     from loopline.tables import DeltaStore
     from loopline.validate import ValidationReport
@@ -121,19 +122,25 @@ def _storable(schema: pa.Schema) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _stage(opened: OpenedSource, path: Path) -> tuple[pa.Schema, int, str, str | None]:
-    """Stream the source into a Parquet file; return (schema, rows, content hash, batch id from data)."""
+def _stage(
+    opened: OpenedSource, path: Path, contract: ContractConfig, tally: TypeTally
+) -> tuple[pa.Schema, int, str, str | None]:
+    """Stream the source, coerced to the contract's types, into a Parquet file; return (schema, rows,
+    content hash, batch id from data)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    reader = opened.reader
-    schema = _storable(reader.schema)
-    hasher = _ContentHash(schema, {"source": opened.name, "params": opened.params})
-    named: set[str] = set()
-    rows = 0
+    from loopline.coerce import coerced_batches
+
+    con = None
     try:
+        source_schema, stream, con = coerced_batches(opened.reader, contract, tally, BATCH_ROWS)
+        schema = _storable(source_schema)
+        hasher = _ContentHash(schema, {"source": opened.name, "params": opened.params})
+        named: set[str] = set()
+        rows = 0
         with pq.ParquetWriter(path, schema) as writer:
-            for batch in reader:
+            for batch in stream:
                 if "_batch_id" in batch.schema.names:
                     named.update(str(v) for v in pc.unique(batch.column("_batch_id")).to_pylist() if v is not None)
                 out = pa.Table.from_batches([batch]).select(schema.names).cast(schema, safe=False)
@@ -145,8 +152,16 @@ def _stage(opened: OpenedSource, path: Path) -> tuple[pa.Schema, int, str, str |
         raise
     except Exception as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if opened.kind == "csv" and "CSV Error" in str(exc):
+            from loopline.sources import csv_lines_error
+
+            raise csv_lines_error(opened.name, opened.location, opened.options) or SourceError(
+                f"source {opened.name!r}: reading {opened.location} failed: {text}"
+            ) from None
         raise SourceError(f"source {opened.name!r}: reading {opened.location} failed: {text}") from None
     finally:
+        if con is not None:
+            con.close()
         opened.close()
     if len(named) > 1:
         raise SourceError(
@@ -164,20 +179,29 @@ def ingest(
     params: dict[str, Any] | None = None,
     batch_id: str | None = None,
     opened: OpenedSource | None = None,
+    precheck: bool = False,
 ) -> IngestResult:
     """Read ``source`` into ``raw`` as one batch; re-ingesting a batch id replaces it (one commit).
 
-    ``opened``: rows already read (e.g. one window of a replayed history) instead of opening ``source``."""
+    Contract columns land with the contract's types (:mod:`loopline.coerce`). ``opened``: rows already
+    read (e.g. one window of a replayed history) instead of opening ``source``. ``precheck``: what the
+    whole batch can fail (row count, missing or unexpected columns, a column of another type) is checked
+    on the staged rows before anything is committed (``ValidationFailed``, the report saved)."""
     import pyarrow.parquet as pq
 
+    from loopline.coerce import TEXT_KINDS, TypeTally
+
+    contract = project.config.contract
     if batch_id is not None:
         check_batch_id(batch_id)
-    opened = opened or open_source(project, source, params)
+    text = [n for n, spec in contract.columns.items() if spec.type in TEXT_KINDS]
+    opened = opened or open_source(project, source, params, text_columns=text)
     staging = project.state_dir / "staging"
     staging.mkdir(parents=True, exist_ok=True)
+    tally = TypeTally()
     with tempfile.TemporaryDirectory(dir=staging) as tmp:
         staged = Path(tmp) / "batch.parquet"
-        schema, rows, digest, named = _stage(opened, staged)
+        schema, rows, digest, named = _stage(opened, staged, contract, tally)
         if rows == 0:
             given = f" with {', '.join(f'{k}={v}' for k, v in opened.params.items())}" if opened.params else ""
             raise SourceError(
@@ -185,6 +209,10 @@ def ingest(
                 hint="check the source's path/query and the --param values",
             )
         batch = batch_id or (check_batch_id(named) if named else f"{source}-{digest[:12]}")
+        if precheck:
+            from loopline.validate import precheck_batch
+
+            precheck_batch(contract, batch, schema, rows, tally, reports_dir(project))
         now = datetime.now(UTC)
         out_schema = schema.append(pa.field("_batch_id", pa.string())).append(pa.field("_ingested_at", TIMESTAMP))
         out_schema = out_schema.append(pa.field("_source", pa.string()))
@@ -198,7 +226,8 @@ def ingest(
 
         reader = pa.RecordBatchReader.from_batches(out_schema, with_meta())
         version = store.replace_batch("raw", reader, batch, source=source, rows=rows, content_hash=digest)
-    return IngestResult(source, batch, rows, schema.names, digest, version, now)
+    columns = [n for n in schema.names if n != "_type_errors"]
+    return IngestResult(source, batch, rows, columns, digest, version, now)
 
 
 def run_pipeline(
@@ -219,7 +248,7 @@ def run_pipeline(
     store = store or DeltaStore(project.storage_root, project.storage_options)
     step = on_stage or (lambda _name: None)
     step("ingest")
-    ingested = ingest(project, source, store=store, params=params, batch_id=batch_id, opened=opened)
+    ingested = ingest(project, source, store=store, params=params, batch_id=batch_id, opened=opened, precheck=True)
     step("validate")
     outcome = validate_batch(
         project.config.contract, store, ingested.batch_id, root=project.root, reports_dir=reports_dir(project)
@@ -228,11 +257,12 @@ def run_pipeline(
     feats = build_features(
         project.config.features,
         store,
-        outcome.valid,
+        outcome.rows,
         ingested.batch_id,
         root=project.root,
         time_column=project.config.model.time_column,
     )
+    outcome.rows.close()
     return PipelineResult(ingested, outcome.report, feats)
 
 

@@ -37,6 +37,7 @@ class OpenedSource:
     reader: pa.RecordBatchReader
     params: dict[str, Any] = field(default_factory=dict)
     connection: Any = None  # keeps the DuckDB connection alive while the reader streams
+    options: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         if self.connection is not None:
@@ -79,8 +80,12 @@ def source_config(project: Project, name: str) -> SourceConfig:
     return sources[name]
 
 
-def open_source(project: Project, name: str, params: dict[str, Any] | None = None) -> OpenedSource:
-    """Open source ``name`` of ``project`` as a streaming reader; errors name the source and path."""
+def open_source(
+    project: Project, name: str, params: dict[str, Any] | None = None, text_columns: Sequence[str] = ()
+) -> OpenedSource:
+    """Open source ``name`` of ``project`` as a streaming reader; errors name the source and path.
+
+    ``text_columns``: CSV columns read as text (no type sniffing; coerced to the contract later)."""
     cfg = source_config(project, name)
     params = dict(params or {})
     if cfg.kind != "sql" and params:
@@ -99,7 +104,10 @@ def open_source(project: Project, name: str, params: dict[str, Any] | None = Non
 
     con = duckdb.connect(":memory:")
     try:
-        rel = con.read_csv(path, **cfg.options) if cfg.kind == "csv" else con.read_parquet(path, **cfg.options)
+        if cfg.kind == "csv":
+            rel = _read_csv(con, name, path, cfg.options, text_columns)
+        else:
+            rel = con.read_parquet(path, **cfg.options)
         reader = rel.to_arrow_reader(BATCH_ROWS)
     except (duckdb.Error, TypeError) as exc:
         con.close()
@@ -107,7 +115,51 @@ def open_source(project: Project, name: str, params: dict[str, Any] | None = Non
             f"source {name!r}: cannot read {path} as {_KIND_WORDS[cfg.kind]}: {_first_line(exc)}",
             hint=f"check sources.{name}.path and sources.{name}.options",
         ) from None
-    return OpenedSource(name, cfg.kind, path, reader, connection=con)
+    return OpenedSource(name, cfg.kind, path, reader, connection=con, options=dict(cfg.options))
+
+
+_TYPE_OPTIONS = ("dtype", "types", "column_types", "all_varchar", "columns")
+_DELIMITERS = (",", ";", "\t", "|")
+
+
+def _read_csv(con: Any, name: str, path: str, options: dict[str, Any], text_columns: Sequence[str]) -> Any:
+    rel = con.read_csv(path, **options)
+    header = rel.columns
+    delimited = [d for d in _DELIMITERS if len(header) == 1 and d in header[0]]
+    if delimited and not {"delimiter", "sep", "delim"} & set(options):
+        # the sniffer found no consistent dialect: some lines have another number of fields
+        raise csv_lines_error(name, path, {**options, "delimiter": delimited[0]}) or SourceError(
+            f"source {name!r}: cannot tell the columns of {path}", hint=f"set sources.{name}.options.delimiter"
+        )
+    text = [c for c in header if c in set(text_columns)]
+    if text and not set(_TYPE_OPTIONS) & set(options):
+        rel = con.read_csv(path, **options, dtype={c: "VARCHAR" for c in text})
+    return rel
+
+
+def csv_lines_error(name: str, path: str, options: dict[str, Any], limit: int = 10) -> SourceError | None:
+    """A SourceError naming the malformed lines of a CSV file (None when DuckDB rejects no line)."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        con.read_csv(path, **options, store_rejects=True).aggregate("count(*)").fetchall()
+        rows = con.sql("SELECT line, error_message FROM reject_errors ORDER BY line").fetchall()
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+    lines: dict[int, str] = {}
+    for line, message in rows:
+        lines.setdefault(int(line), str(message).splitlines()[0])
+    if not lines:
+        return None
+    shown = ", ".join(f"line {n} ({m})" for n, m in list(lines.items())[:limit])
+    more = f" and {len(lines) - limit} more" if len(lines) > limit else ""
+    return SourceError(
+        f"source {name!r}: {path} has {len(lines)} malformed line(s): {shown}{more}",
+        hint="every line needs the header's number of fields; fix or remove those lines",
+    )
 
 
 def _open_delta(project: Project, name: str, cfg: SourceConfig, path: str) -> OpenedSource:

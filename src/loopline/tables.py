@@ -371,11 +371,38 @@ class DeltaStore:
         return con
 
 
-READ_ONLY = re.compile(r"^\s*(\(?\s*)*(select|with|from|values|show|describe|summarize|pivot|unpivot|table)\b", re.I)
+SANDBOX = (
+    "SET enable_external_access = false",  # no files, URLs, ATTACH, COPY: only the registered tables
+    "SET autoinstall_known_extensions = false",
+    "SET autoload_known_extensions = false",
+    "SET lock_configuration = true",  # and no statement can turn them back on
+)
+_REFUSED = "loopline sql reads the project's tables by name; files, extensions and settings are off limits"
 
 
-def run_readonly_sql(con: duckdb.DuckDBPyConnection, query: str) -> pa.RecordBatchReader:
-    """Run one read-only statement; writes, DDL, ATTACH/COPY/INSTALL/SET and multiple statements are refused."""
+def sandbox(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Lock ``con`` to what is registered in it: external access, extension loading and settings off.
+
+    Tables registered as Arrow datasets (``DeltaStore.sql``) stay readable."""
+    locked = con.execute("SELECT current_setting('lock_configuration')").fetchone()
+    if not (locked and locked[0]):
+        for statement in SANDBOX:
+            con.execute(statement)
+    return con
+
+
+def _first_keyword(query: str) -> str:
+    """The statement's first word, comments skipped (DuckDB's own tokenizer)."""
+    import duckdb
+
+    tokens = [(pos, kind) for pos, kind in duckdb.tokenize(query) if kind != duckdb.token_type.comment]
+    if not tokens:
+        return ""
+    pos = tokens[0][0]
+    return re.match(r"\w*", query[pos:]).group(0).lower()  # type: ignore[union-attr]
+
+
+def _check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> None:
     import duckdb
 
     try:
@@ -385,15 +412,78 @@ def run_readonly_sql(con: duckdb.DuckDBPyConnection, query: str) -> pa.RecordBat
     if len(statements) != 1:
         raise SqlError(f"exactly one SQL statement is allowed, got {len(statements)}")
     stype = statements[0].type
-    if stype != duckdb.StatementType.SELECT or not READ_ONLY.match(query):
+    pivot = stype == duckdb.StatementType.MULTI and _first_keyword(query) == "pivot"  # PIVOT plans as several
+    if stype != duckdb.StatementType.SELECT and not pivot:
         raise SqlError(
             f"only read-only queries are allowed; this is a {stype.name} statement",
             hint="loopline sql reads tables; tables are written only by loopline stages",
         )
+
+
+class _Deadline:
+    """Interrupts ``con`` after ``seconds`` (a timer thread calling ``con.interrupt()``)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, seconds: float | None) -> None:
+        import threading
+
+        self.seconds = seconds
+        self.fired = False
+        self._con = con
+        self._timer = threading.Timer(seconds, self._fire) if seconds else None
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._con.interrupt()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def error(self, exc: Exception) -> SqlError:
+        import duckdb
+
+        self.cancel()
+        if self.fired:
+            return SqlError(
+                f"the query ran longer than {self.seconds:g} s and was stopped",
+                hint="narrow the query (filters, LIMIT) or raise --timeout",
+            )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, duckdb.PermissionException):
+            return SqlError(f"query refused: {first}", hint=_REFUSED)
+        return SqlError(f"query failed: {exc}")
+
+
+def run_readonly_sql(
+    con: duckdb.DuckDBPyConnection, query: str, *, timeout: float | None = None
+) -> pa.RecordBatchReader:
+    """Run one read-only statement in a sandbox (:func:`sandbox`), stopped after ``timeout`` seconds.
+
+    Only SELECT-like statements (and PIVOT) pass; the connection is locked before the query runs, so
+    files, extensions and settings are refused whatever the statement. Errors (also while the returned
+    reader is read) are :class:`SqlError`."""
+    import duckdb
+
+    _check_read_only(con, query)
+    sandbox(con)
+    deadline = _Deadline(con, timeout)
     try:
-        return con.sql(query).to_arrow_reader()
+        reader = con.sql(query).to_arrow_reader()
     except duckdb.Error as exc:
-        raise SqlError(f"query failed: {exc}") from None
+        raise deadline.error(exc) from None
+
+    def guarded() -> Iterator[pa.RecordBatch]:
+        try:
+            yield from batches(reader)
+        except (duckdb.Error, pa.ArrowException) as exc:
+            raise deadline.error(exc) from None
+        finally:
+            deadline.cancel()
+
+    return pa.RecordBatchReader.from_batches(reader.schema, guarded())
 
 
 def batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:

@@ -27,10 +27,13 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.console import RenderableType
 
+    from loopline.coerce import TypeTally
     from loopline.config import ColumnCheck, ContractConfig
     from loopline.tables import DeltaStore
+    from loopline.validate_stream import StagedRows
 
-SYSTEM_COLUMNS = ("_batch_id", "_ingested_at", "_source")
+SYSTEM_COLUMNS = ("_batch_id", "_ingested_at", "_source", "_type_errors")
+CHUNK_ROWS = 100_000  # rows validated at once: memory stays bounded whatever the batch size
 MAX_EXAMPLES = 5
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -115,10 +118,15 @@ class ValidationReport:
 
 @dataclass
 class ValidationOutcome:
-    """A passed report plus the validated (coerced) rows that continue to features."""
+    """A passed report plus the validated rows that continue to features (staged on disk)."""
 
     report: ValidationReport
-    valid: pd.DataFrame
+    rows: StagedRows
+
+    @property
+    def valid(self) -> pd.DataFrame:
+        """The valid rows as one DataFrame (loads them all; :meth:`StagedRows.reader` streams)."""
+        return self.rows.frame()
 
 
 # ----------------------------------------------------------------------------- schema
@@ -262,23 +270,29 @@ def check_frame(
     by_row: dict[int, list[str]] = defaultdict(list)
     if cases is not None:
         _classify(cases, labels, report, by_row)
-    report.failing_rows = len(by_row)
-    report.failing_share = len(by_row) / len(df) if len(df) else 0.0
-    if report.drift:
-        report.reasons.append("schema drift: " + ", ".join(f"{d.kind} {d.column}" for d in report.drift))
-    for c in report.checks:
-        if c.check.startswith("row_count"):
-            report.reasons.append(f"the batch has {report.rows} rows, outside {c.check}")
-    if report.failing_share > contract.max_failure_rate:
-        report.reasons.append(
-            f"{report.failing_share:.2%} of rows failed, more than max_failure_rate {contract.max_failure_rate:.2%}"
-        )
-    report.passed = not report.reasons
+    conclude(report, len(by_row))
     if valid is None:
         keep = df.drop(index=list(by_row))
         targets = {n: c.dtype.type for n, c in schema.columns.items() if n in keep.columns and c.coerce}
         valid = keep if report.drift else keep.astype(targets)
     return report, valid, dict(by_row)
+
+
+def conclude(report: ValidationReport, failing_rows: int) -> ValidationReport:
+    """Set the failing share, the reasons the batch stops and the verdict."""
+    report.failing_rows = failing_rows
+    report.failing_share = failing_rows / report.rows if report.rows else 0.0
+    if report.drift:
+        report.reasons.append("schema drift: " + ", ".join(f"{d.kind} {d.column}" for d in report.drift))
+    for c in report.checks:
+        if c.check.startswith("row_count"):
+            report.reasons.append(f"the batch has {report.rows} rows, outside {c.check}")
+    if report.failing_share > report.max_failure_rate:
+        report.reasons.append(
+            f"{report.failing_share:.2%} of rows failed, more than max_failure_rate {report.max_failure_rate:.2%}"
+        )
+    report.passed = not report.reasons
+    return report
 
 
 def _classify(cases: pd.DataFrame, labels: dict[Any, str], report: ValidationReport, by_row: dict) -> None:
@@ -352,64 +366,87 @@ def _label(check: str, column: str | None, number: Any, labels: dict[Any, str]) 
 
 
 # ----------------------------------------------------------------------------- the stage
-def _read_batch(store: DeltaStore, batch_id: str) -> pa.Table:
+def missing_batch(store: DeltaStore, batch_id: str) -> None:
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
 
-    if not store.exists("raw"):
-        raise TableError("table 'raw' does not exist yet", hint="ingest a batch first: loopline ingest SOURCE")
-    table = store.read("raw", filter=ds.field("_batch_id") == batch_id)
-    if table.num_rows == 0:
-        ids = pc.unique(store.read("raw", columns=["_batch_id"]).column("_batch_id")).to_pylist()[-5:]
-        raise TableError(
-            f"batch {batch_id!r} is not in table 'raw'",
-            hint=f"ingest it first (loopline ingest SOURCE --batch-id ...); recent batches: {ids}",
-        )
-    return table
-
-
-def _user_columns(table: pa.Table, contract: ContractConfig) -> pa.Table:
-    """Drop loopline's columns and columns that are null in the whole batch and not in the contract
-    (they come from other sources' batches sharing ``raw``)."""
-    keep = [
-        n
-        for n in table.column_names
-        if n not in SYSTEM_COLUMNS and (n in contract.columns or table.column(n).null_count < table.num_rows)
-    ]
-    return table.select(keep)
+    ids = pc.unique(store.read("raw", columns=["_batch_id"]).column("_batch_id")).to_pylist()[-5:]
+    raise TableError(
+        f"batch {batch_id!r} is not in table 'raw'",
+        hint=f"ingest it first (loopline ingest SOURCE --batch-id ...); recent batches: {ids}",
+    )
 
 
 def validate_batch(
     contract: ContractConfig, store: DeltaStore, batch_id: str, *, root: Path, reports_dir: Path
 ) -> ValidationOutcome:
-    """Validate one ``raw`` batch: quarantine failing rows, save the JSON report, stop or pass the rest."""
-    table = _user_columns(_read_batch(store, batch_id), contract)
-    frame = table.to_pandas()
-    report, valid, by_row = check_frame(frame, contract, batch_id, root)
+    """Validate one ``raw`` batch in chunks: quarantine failing rows, save the JSON report, stop or pass
+    the rest (staged for features)."""
+    from loopline.validate_stream import validate_chunks
+
+    report, failing, valid = validate_chunks(contract, store, batch_id, root, reports_dir.parent / "staging")
     if not report.drift:
-        report.quarantine_version = _quarantine(store, table, batch_id, by_row)
+        report.quarantine_version = _quarantine(store, failing, batch_id)
+    finish(report, reports_dir)
+    return ValidationOutcome(report, valid)
+
+
+def finish(report: ValidationReport, reports_dir: Path, hint: str | None = None) -> None:
+    """Save the report as JSON; raise ValidationFailed (exit 3) when the batch stops."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    path = reports_dir / f"validation-{re.sub(r'[^A-Za-z0-9_.=-]', '_', batch_id)}.json"
+    path = reports_dir / f"validation-{re.sub(r'[^A-Za-z0-9_.=-]', '_', report.batch_id)}.json"
     report.report_path = str(path)
     path.write_text(report.to_json())
     if not report.passed:
         raise ValidationFailed(
-            f"batch {batch_id!r} failed the data contract: " + "; ".join(report.reasons),
-            hint=(
-                "nothing reached features; "
-                + ("update `contract:` or fix the source" if report.drift else "failing rows are in table 'quarantine'")
-                + f"; report: {path}"
-            ),
+            f"batch {report.batch_id!r} failed the data contract: " + "; ".join(report.reasons),
+            hint=(hint or "nothing reached features; ")
+            + (
+                "update `contract:` or fix the source"
+                if report.drift or hint
+                else "failing rows are in table 'quarantine'"
+            )
+            + f"; report: {path}",
             report=report,
         )
-    return ValidationOutcome(report, valid)
 
 
-def _quarantine(store: DeltaStore, table: pa.Table, batch_id: str, by_row: dict[int, list[str]]) -> int | None:
+def precheck_batch(
+    contract: ContractConfig, batch_id: str, schema: pa.Schema, rows: int, tally: TypeTally, reports_dir: Path
+) -> None:
+    """Before ``raw`` is written: the row count, missing / unexpected columns and columns whose every value
+    is of another type stop the batch (report saved, ValidationFailed), so nothing is committed."""
+    from loopline.coerce import ERRORS, TYPE_NAMES
+
+    report = ValidationReport(
+        batch_id, rows, 0, 0.0, contract.max_failure_rate, True, validated_at=datetime.now(UTC).isoformat()
+    )
+    names = [n for n in schema.names if n not in SYSTEM_COLUMNS and n != ERRORS]
+    for name in contract.columns:
+        if name not in names:
+            report.drift.append(DriftItem("missing_column", name, "in the contract, not the batch"))
+    if contract.strict:
+        for name in names:
+            if name not in contract.columns:
+                report.drift.append(DriftItem("unexpected_column", name, "not in the contract"))
+    for name in tally.all_bad():
+        kind = contract.columns[name].type or ""
+        detail = f"cannot be coerced to {TYPE_NAMES.get(kind, kind)}"
+        report.drift.append(DriftItem("type", name, detail, tally.examples.get(name, [])))
+    rc = contract.row_count
+    lo, hi = rc.min or 0, rc.max if rc.max is not None else math.inf
+    if not lo <= rows <= hi:
+        report.checks.append(CheckFailure(f"row_count [{lo}, {hi}]", None, rows))
+    conclude(report, 0)
+    if not report.passed:
+        finish(report, reports_dir, hint="checked before ingest: nothing was written to raw; ")
+
+
+def _quarantine(store: DeltaStore, failing: StagedRows, batch_id: str) -> int | None:
     """Replace the batch's rows in ``quarantine`` (clearing them when the batch is now clean)."""
     import pyarrow.dataset as ds
 
-    if not by_row:
+    reader = failing.reader()
+    if reader is None:
         if not store.exists("quarantine"):
             return None
         stale = store.scan("quarantine", columns=["_batch_id"], filter=ds.field("_batch_id") == batch_id)
@@ -417,10 +454,4 @@ def _quarantine(store: DeltaStore, table: pa.Table, batch_id: str, by_row: dict[
             return None
         empty = store.schema("quarantine").empty_table()
         return store.replace_batch("quarantine", empty, batch_id)
-    rows = sorted(by_row)
-    bad = table.take(pa.array(rows, pa.int64()))
-    now = pa.repeat(pa.scalar(datetime.now(UTC), _TS), len(rows))
-    bad = bad.append_column("_batch_id", pa.repeat(pa.scalar(batch_id), len(rows)))
-    bad = bad.append_column("_failed_checks", pa.array([";".join(by_row[r]) for r in rows], pa.string()))
-    bad = bad.append_column("_quarantined_at", now)
-    return store.replace_batch("quarantine", bad, batch_id)
+    return store.replace_batch("quarantine", reader, batch_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,6 +35,7 @@ def sql(
     format: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet.")] = "table",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to a file instead of stdout.")] = None,
     limit: Annotated[int, typer.Option(help="Rows shown in table format.")] = 100,
+    timeout: Annotated[float, typer.Option(help="Stop the statement after this many seconds (0: no limit).")] = 60,
 ) -> None:
     """Run read-only SQL over the environment's tables (each at its current snapshot)."""
     from loopline.tables import DeltaStore, run_readonly_sql
@@ -45,8 +46,52 @@ def sql(
         raise LooplineError("--format parquet needs --output FILE", hint="parquet is binary; write it to a file")
     p = load(project, env)
     store = DeltaStore(p.storage_root, p.storage_options)
-    reader = run_readonly_sql(store.sql(), query)
+    if timeout < 0:
+        raise LooplineError(f"--timeout must be >= 0 seconds, got {timeout:g}")
+    reader = run_readonly_sql(store.sql(), query, timeout=timeout or None)
     _emit(reader, format, output, limit)
+
+
+def _plain(value: Any, typ: Any) -> Any:
+    """A nested Arrow value as JSON-ready Python (maps as objects)."""
+    import pyarrow as pa
+
+    if value is None:
+        return None
+    if pa.types.is_map(typ):
+        return {str(k): _plain(v, typ.item_type) for k, v in value}
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+        return [_plain(v, typ.value_type) for v in value]
+    if pa.types.is_struct(typ):
+        return {f.name: _plain(value.get(f.name), f.type) for f in typ}
+    return value
+
+
+def _nested(typ: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_nested(typ))
+
+
+def _json_text(batch: Any) -> Any:
+    """``batch`` with list, map and struct columns as JSON text (CSV has no nested values)."""
+    import json
+
+    import pyarrow as pa
+
+    cols, fields = [], []
+    for f, col in zip(batch.schema, batch.columns, strict=True):
+        if _nested(f.type):
+            text = [
+                None if v is None else json.dumps(_plain(v, f.type), default=str, separators=(",", ":"))
+                for v in col.to_pylist()
+            ]
+            cols.append(pa.array(text, pa.string()))
+            fields.append(pa.field(f.name, pa.string()))
+        else:
+            cols.append(col)
+            fields.append(f)
+    return pa.RecordBatch.from_arrays(cols, schema=pa.schema(fields))
 
 
 def _emit(reader, format: str, output: Path | None, limit: int) -> None:  # type: ignore[no-untyped-def]
@@ -78,15 +123,22 @@ def _emit(reader, format: str, output: Path | None, limit: int) -> None:  # type
         if format == "csv":
             import pyarrow.csv as pacsv
 
-            with pacsv.CSVWriter(sink, reader.schema) as w:
-                for b in reader:
-                    w.write_batch(b)
+            writer = None
+            for b in reader:
+                b = _json_text(b)
+                writer = writer or pacsv.CSVWriter(sink, b.schema)
+                writer.write_batch(b)
+            if writer is None:
+                writer = pacsv.CSVWriter(sink, _json_text(pa.RecordBatch.from_pylist([], schema=reader.schema)).schema)
+            writer.close()
         else:
             import json
 
             for b in reader:
+                types = dict(zip(b.schema.names, b.schema.types, strict=True))
                 for row in pa.Table.from_batches([b]).to_pylist():
-                    sink.write((json.dumps(row, default=str) + "\n").encode())
+                    plain = {k: _plain(v, types[k]) for k, v in row.items()}
+                    sink.write((json.dumps(plain, default=str) + "\n").encode())
         sink.flush()
     finally:
         if output:
