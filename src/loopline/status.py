@@ -161,6 +161,8 @@ def _run_dict(r: RunRecord) -> dict[str, Any]:
         "ended_at": r.ended_at.isoformat(),
         "duration_s": r.duration_s,
         "error": r.error,
+        "pid": r.pid,
+        "host": r.host,
     }
 
 
