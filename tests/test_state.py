@@ -27,3 +27,35 @@ def test_state_is_created_private_to_the_owner(project_dir: Path) -> None:
             assert mode == 0o600, f"{path}: {oct(mode)}"
     assert (state / "dev" / "mlflow.db").is_file() and found["files"] > 10, found
     assert stat.S_IMODE((project_dir / "loopline.yaml").stat().st_mode) != 0o600  # project files untouched
+
+
+def test_a_copied_project_uses_its_own_models_after_the_original_is_deleted(tmp_path: Path) -> None:
+    """mlflow.db stored absolute artifact paths: a copy loaded (and would write) models in the original folder."""
+    import shutil
+    import sqlite3
+
+    from _lifecycle import make_project
+    from loopline import registry, tracking
+    from loopline.config import load_project
+    from loopline.training import train
+
+    original = make_project(tmp_path / "original", {"training": {"refit": False}})
+    train(original)
+    registry.promote(original)
+    moved = tmp_path / "moved"
+    shutil.copytree(original.root, moved)
+    shutil.rmtree(original.root)
+
+    out = run_cli("run", "batch", "--project", str(moved))
+    assert out.returncode == 0, out.stderr
+    copy = load_project(moved, "dev")
+    from loopline.serving.model import load_version
+
+    loaded = load_version(copy, "1")
+    assert loaded is not None
+    with sqlite3.connect(moved / ".loopline" / "dev" / "mlflow.db") as con:
+        locations = [r[0] for r in con.execute("SELECT artifact_uri FROM runs")]
+        locations += [r[0] for r in con.execute("SELECT artifact_location FROM experiments WHERE name = '/demo/dev'")]
+    assert locations and all(str(moved) in loc and str(tmp_path / "original") not in loc for loc in locations)
+    assert not (tmp_path / "original").exists(), "nothing was written to the original folder"
+    assert tracking.alias_version(copy, "champion") is not None

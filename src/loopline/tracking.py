@@ -128,6 +128,49 @@ def _tcp(uri: str, timeout: float) -> str | None:
     return None
 
 
+_RELOCATED: set[str] = set()
+
+
+def relocate(project: Project) -> str | None:
+    """Make a copied or moved project use its own state: when the default sqlite database in the state folder
+    names artifact locations under another project's ``.loopline/<env>`` folder (MLflow stores absolute
+    paths), rewrite them to this state folder, in one transaction. Returns the old state folder, or None.
+    Only for the default layout (sqlite in ``.loopline/<env>/mlflow.db``, default artifact root)."""
+    import sqlite3
+
+    db = project.state_dir / "mlflow.db"
+    default = (project.state_dir / "artifacts").as_uri()
+    if (
+        str(db) in _RELOCATED
+        or project.tracking_uri != f"sqlite:///{db}"
+        or project.artifact_root != default
+        or not db.is_file()
+    ):
+        return None
+    _RELOCATED.add(str(db))
+    name = f"/{project.config.project}/{project.env}"
+    with sqlite3.connect(db) as con:
+        try:
+            row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (name,)).fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        suffix = f"/.loopline/{project.env}/artifacts"
+        if row is None or not row[0] or row[0] == default or not str(row[0]).endswith(suffix):
+            return None
+        old = str(row[0]).removeprefix("file://").removesuffix("/artifacts")
+        new = str(project.state_dir)
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for col in con.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if "CHAR" in str(col[2]).upper() or "TEXT" in str(col[2]).upper():
+                    c = col[1]
+                    con.execute(
+                        f'UPDATE "{table}" SET "{c}" = replace("{c}", ?, ?) WHERE instr("{c}", ?) > 0',
+                        (old + "/", new + "/", old + "/"),
+                    )
+    log.warning("state moved from %s: MLflow artifact locations now point to %s", old, new)
+    return old
+
+
 def client(project: Project) -> MlflowClient:
     """Point mlflow at the environment's tracking and registry URIs and return a client (after
     :func:`check_reachable`)."""
@@ -137,6 +180,7 @@ def client(project: Project) -> MlflowClient:
     check_reachable(project)
     if project.tracking_uri.startswith("sqlite:///"):
         project.state_dir.mkdir(parents=True, exist_ok=True)
+        relocate(project)
     tracking, registry = db_uri(project.tracking_uri), db_uri(project.registry_uri)
     mlflow.set_tracking_uri(tracking)
     mlflow.set_registry_uri(registry)
