@@ -45,3 +45,20 @@ def test_demo_replays_2011_and_the_loop_tracks_the_oracle(tmp_path: Path) -> Non
     assert report.startswith("<!doctype html>") and report.count("<polyline") == 3
     summary = json.loads(run_cli("status", "--json", "--project", str(project_dir)).stdout or "{}")
     assert "tables" in summary
+
+
+def test_demo_refuses_a_project_that_is_not_the_example_before_touching_its_state(tmp_path: Path) -> None:
+    project_dir = tmp_path / "mine"
+    shutil.copytree(EXAMPLE, project_dir, ignore=shutil.ignore_patterns(".loopline", "__pycache__"))
+    cfg = (project_dir / "loopline.yaml").read_text()
+    (project_dir / "loopline.yaml").write_text(cfg.replace("project: bikeshare", "project: mine"))
+    kept = project_dir / ".loopline" / "replay" / "current" / "mlflow.db"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("my state")
+
+    r = run_cli("demo", "--project", str(project_dir), timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"{project_dir / 'loopline.yaml'} is not the Bikeshare example" in r.stderr
+    assert "nothing was changed" in r.stderr
+    assert kept.read_text() == "my state"
+    assert sorted(p.name for p in (project_dir / ".loopline").iterdir()) == ["replay"]

@@ -276,3 +276,81 @@ def test_every_real_job_resolves() -> None:
 
     for name in JOB_FUNCTIONS:
         assert callable(resolve_job(name)), name
+
+
+def test_sigkilled_train_is_crashed_its_mlflow_run_failed_and_its_version_ungated(tmp_path: Path, cli: Any) -> None:
+    """SIGKILL of a job used to leave no trace (the runs row was written at the end); now its `running` row
+    turns `crashed`, and the next job start fails its MLflow run and marks the gate-less version `ungated`."""
+    import json
+    import time
+
+    from _lifecycle import make_project
+    from _support import VENV_BIN
+    from loopline import registry, tracking
+    from loopline.errors import RegistryError
+
+    p = make_project(tmp_path / "proj")
+    root = str(p.root)
+    env = {**os.environ, "LOOPLINE_TEST_PAUSE_AFTER": "registered", "LOOPLINE_HEARTBEAT_INTERVAL": "0.5"}
+    train = subprocess.Popen(
+        [str(VENV_BIN / "loopline"), "run", "train", "--project", root],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert train.stderr is not None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "paused after registered" not in train.stderr.readline():
+            assert train.poll() is None, "train ended before the pause point"
+        time.sleep(1.5)  # a few heartbeats
+        [running] = run_history(p)
+        assert (running.status, running.pid, running.job) == ("running", train.pid, "train")
+        assert running.duration_s > 0.4, "the heartbeat moved the row forward"
+        os.kill(train.pid, signal.SIGKILL)
+        assert train.wait(10) == -signal.SIGKILL
+    finally:
+        train.kill()
+        train.wait(10)
+
+    out = cli("runs", "--json", "--project", root)
+    assert out.returncode == 0, out.stderr
+    [row] = json.loads(out.stdout)
+    assert (row["job"], row["status"], row["pid"]) == ("train", "crashed", train.pid)
+    assert f"pid {train.pid} on " in row["error"] and "is gone" in row["error"]
+    status = json.loads(cli("status", "--json", "--project", root).stdout)
+    assert status["runs"]["train"]["status"] == "crashed"
+    c = tracking.client(p)
+    [mv] = c.search_model_versions("name = 'dev.demo'")
+    assert c.get_run(mv.run_id).info.status == "RUNNING"  # left behind by the killed process
+
+    nxt = cli("run", "monitor", "--project", root)  # any job start recovers (monitor then fails: no champion)
+    assert nxt.returncode != 0
+    assert c.get_run(mv.run_id).info.status == "FAILED"
+    assert c.get_run(mv.run_id).data.tags["loopline.crashed"] == f"its job run {row['run_id']} crashed"
+    tags = c.get_model_version("dev.demo", "1").tags
+    assert tags["loopline.gate.verdict"] == "ungated"
+    assert [(r.job, r.status) for r in run_history(p)] == [("monitor", "failed"), ("train", "crashed")]
+    raw = store(p).read("runs").to_pylist()
+    assert {r["status"] for r in raw} == {"failed", "crashed"}, "the crash is recorded, not only derived"
+    status = json.loads(cli("status", "--json", "--project", root).stdout)
+    assert status["latest"]["version"] == "1" and status["latest"]["gate_verdict"] == "ungated"
+    with pytest.raises(RegistryError, match=r"version 1 of dev.demo has not passed the gate \(verdict: ungated\)"):
+        registry.promote(p, version=1)
+    assert registry.promote(p, version=1, force=True, reason="checked by hand").gate_verdict == "ungated"
+
+
+def test_a_running_row_of_another_host_is_crashed_once_its_heartbeat_is_stale(project: Project) -> None:
+    from datetime import timedelta
+
+    from loopline.jobs import RunRecord, append_run, utc_now
+
+    now = utc_now()
+    for run_id, beat in (("fresh", now), ("stale", now - timedelta(minutes=10))):
+        append_run(project, RunRecord(run_id, "loop", "dev", beat, beat, "running", 1.0, None, 123, "elsewhere"))
+    seen = {r.run_id: r for r in run_history(project)}
+    assert seen["fresh"].status == "running"
+    assert seen["stale"].status == "crashed"
+    assert (seen["stale"].error or "").startswith("no heartbeat from pid 123 on elsewhere since ")
+    assert [r.run_id for r in run_history(project, status="crashed")] == ["stale"]

@@ -123,7 +123,10 @@ def test_promote_refuse_force_rollback_retire_with_audit(tmp_path: Path, monkeyp
         "action",
         "reason",
         "gate_verdict",
+        "event_id",
+        "state",
     ]
+    assert set(table.column("state").to_pylist()) == {"done"}
 
 
 def test_copy_staging_champion_to_prod_separate_registries(tmp_path: Path) -> None:
@@ -190,3 +193,84 @@ def test_copy_refused_by_the_gate_on_prod_data_leaves_prod_unchanged(tmp_path: P
     assert champion(prod) is None and registry.history(prod) == []
     mv = tracking.client(prod).get_model_version("prod.demo", result.version)
     assert mv.tags["loopline.gate.verdict"] == "failed"
+
+
+def _champion_plus_two_passed(tmp_path: Path) -> Project:
+    """v1 champion; v2 and v3 passed the gate against it."""
+    p = make_project(tmp_path, {"training": {"refit": False}})
+    train(p)
+    registry.promote(p)
+    assert train(p, params_override={"max_iter": 60}).gate.passed
+    assert train(p, params_override={"max_iter": 80}).gate.passed
+    return p
+
+
+def test_promote_killed_after_the_alias_moved_is_reconciled_and_rolled_back(tmp_path: Path) -> None:
+    """SIGKILL right after the alias moved used to leave the move unaudited (rollback then went the wrong way)."""
+    import json
+
+    from _support import run_cli
+
+    p = _champion_plus_two_passed(tmp_path)
+    root = str(p.root)
+    killed = run_cli("promote", "--version", "3", "--project", root, env={"LOOPLINE_TEST_CRASH_AFTER": "alias_moved"})
+    assert killed.returncode == 137, killed.stderr
+    assert champion(p) == "3"
+    assert (tmp_path / ".loopline" / "dev" / "tables" / "_registry.lock").exists()  # left by the dead process
+
+    out = run_cli("history", "--json", "--project", root)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert [(r["action"], r["from_version"], r["to_version"], r["state"]) for r in rows] == [
+        ("promote", "1", "3", "done"),
+        ("promote", None, "1", "done"),
+    ]
+    back = run_cli("rollback", "--json", "--project", root)
+    assert back.returncode == 0, back.stderr
+    assert (json.loads(back.stdout)["from_version"], json.loads(back.stdout)["to_version"]) == ("3", "1")
+    assert champion(p) == "1"
+
+
+def test_a_move_outside_loopline_is_recorded_by_the_next_command(tmp_path: Path) -> None:
+    p = _champion_plus_two_passed(tmp_path)
+    tracking.client(p).set_registered_model_alias("dev.demo", "champion", "2")  # e.g. the MLflow UI
+    event = registry.rollback(p)
+    assert (event.from_version, event.to_version) == ("2", "1")
+    rows = registry.history(p)
+    assert [(r.action, r.from_version, r.to_version) for r in rows] == [
+        ("rollback", "2", "1"),
+        ("reconcile", "1", "2"),
+        ("promote", None, "1"),
+    ]
+    assert (
+        rows[1].reason
+        == "@champion found at version 2 while the audit log says version 1: moved outside loopline's audit"
+    )
+
+
+def test_concurrent_promotes_are_serialised_and_record_the_true_from_version(tmp_path: Path) -> None:
+    """Two promotes at once used to read the same champion and both record from_version 1."""
+    import subprocess
+
+    from _support import VENV_BIN
+
+    p = _champion_plus_two_passed(tmp_path)
+    import os
+
+    env = {**os.environ, "LOOPLINE_TEST_PAUSE_AFTER": "champion_read", "LOOPLINE_TEST_PAUSE_S": "2"}
+    procs = [
+        subprocess.Popen(
+            [str(VENV_BIN / "loopline"), "promote", "--version", v, "--project", str(p.root)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in ("2", "3")
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    first, second = reversed([(r.from_version, r.to_version) for r in registry.history(p)[:2]])
+    assert first[0] == "1" and second[0] == first[1], (first, second)
+    assert champion(p) == second[1]

@@ -57,3 +57,25 @@ def test_load_model_warns_on_mismatched_requirements(tmp_path: Path, caplog: pyt
         f"models:/t.m/1: the model requires scikit-learn==0.0.1, this environment has "
         f"scikit-learn=={sklearn.__version__}"
     ]
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "http"])
+def test_every_mlflow_command_fails_fast_naming_an_unreachable_uri(project_dir: Path, scheme: str) -> None:
+    """promote hung > 200 s on a dead server (MLflow retries for minutes): now <= 10 s and the URI is named."""
+    import time
+
+    from _support import free_port, run_cli
+
+    port = free_port()  # nothing listens there
+    uri = f"{scheme}://u:secret@127.0.0.1:{port}" + ("/mlflow" if scheme == "postgresql" else "")
+    cfg = (project_dir / "loopline.yaml").read_text()
+    (project_dir / "loopline.yaml").write_text(cfg.replace("  dev: {}", f"  dev: {{tracking_uri: '{uri}'}}"))
+    shown = uri.replace("u:secret@", "u:***@")
+    for command in (["promote"], ["run", "train"], ["run", "batch"]):
+        t0 = time.monotonic()
+        out = run_cli(*command, "--project", str(project_dir), timeout=60)
+        took = time.monotonic() - t0
+        assert out.returncode not in (0, 70), (command, out.stdout, out.stderr)
+        assert f"cannot reach MLflow at tracking URI {shown}" in out.stderr, (command, out.stderr)
+        assert "secret" not in out.stderr
+        assert took < 15, (command, took)

@@ -730,6 +730,12 @@ def _placeholders(envs: Any, selected: str) -> dict[str, str]:
     return {n: f"${{{n}}}" for n in names}
 
 
+def private_state() -> None:
+    """From now on this process creates folders 0700 and files 0600 (umask 077): a command that loaded a project
+    writes its state (MLflow database, artifacts, Delta tables, reports, spill files) for the owner only."""
+    os.umask(os.umask(0o077) | 0o077)
+
+
 def load_project(start: Path | str | None = None, env: str | None = None) -> Project:
     """Find, load and resolve a project for one environment."""
     path = find_config(start)

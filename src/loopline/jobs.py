@@ -9,8 +9,14 @@ stays fast. :func:`run_job` is what `loopline run JOB` and `loopline schedule` c
   with the holder in ``error``). The kernel drops the lock when its process dies, so a crashed run
   never leaves a stale lock behind. The lock is per machine: two hosts sharing one object-store
   ``storage_root`` are not kept apart (use one scheduler, or an external orchestrator).
-* every run - ok, failed or skipped - is one appended row of the ``runs`` Delta table
-  (schema in docs/contracts.md).
+* every run - ok, failed or skipped - is one row of the ``runs`` Delta table (schema in
+  docs/contracts.md), written **when the run starts**: a ``running`` row with the process id and host.
+  A daemon thread moves its ``ended_at`` (= last seen alive) forward every
+  ``LOOPLINE_HEARTBEAT_INTERVAL`` seconds (default 30; one small Delta merge), and the end of the run
+  updates the same row (merge by ``run_id``) to its final status. A run killed on the spot (SIGKILL,
+  power loss) keeps its ``running`` row: readers show it as ``crashed`` when its process is gone (same
+  host) or its heartbeat is older than 4 intervals (any host), and the next job start records that
+  (:mod:`loopline.recovery` also marks its MLflow runs FAILED and its gate-less model versions ``ungated``).
 * an exception from the job is recorded (the LooplineError message, or ``Type: message``) and then
   re-raised by :func:`run_job`, so the CLI maps it to its exit code; :meth:`JobRunner.run` returns it
   on the record instead, which is what the scheduler wants.
@@ -18,11 +24,14 @@ stays fast. :func:`run_job` is what `loopline run JOB` and `loopline schedule` c
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import fcntl
 import importlib
+import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -62,11 +71,20 @@ RUNS_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("duration_s", pa.float64(), nullable=False),
         pa.field("error", pa.string(), nullable=True),
+        pa.field("pid", pa.int64(), nullable=True),
+        pa.field("host", pa.string(), nullable=True),
     ]
 )
 MAX_ERROR_CHARS = 4000
+HEARTBEAT_ENV = "LOOPLINE_HEARTBEAT_INTERVAL"
+DEFAULT_HEARTBEAT_S = 30.0
+STALE_BEATS = 4
+"""A ``running`` row whose heartbeat is older than this many intervals is ``crashed``."""
+log = logging.getLogger("loopline.jobs")
+CURRENT_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("loopline_job_run", default=None)
+"""The ``runs.run_id`` of the job running in this context (tagged on the MLflow runs it creates)."""
 
-Status = Literal["ok", "failed", "skipped"]
+Status = Literal["ok", "failed", "skipped", "running", "crashed"]
 JobFunction = Callable[..., object]
 Functions = Mapping[str, str | JobFunction]
 Clock = Callable[[], datetime]
@@ -88,6 +106,8 @@ class RunRecord:
     status: Status
     duration_s: float
     error: str | None = None
+    pid: int | None = None
+    host: str | None = None
     result: object = field(default=None, compare=False, repr=False)
     exception: BaseException | None = field(default=None, compare=False, repr=False)
 
@@ -99,6 +119,57 @@ class RunRecord:
         if self.status == "ok":
             return describe_result(self.result)
         return (self.error or "").splitlines()[0] if self.error else ""
+
+
+def heartbeat_interval() -> float:
+    """Seconds between heartbeats of a running job (``LOOPLINE_HEARTBEAT_INTERVAL``, default 30)."""
+    try:
+        value = float(os.environ.get(HEARTBEAT_ENV, DEFAULT_HEARTBEAT_S))
+    except ValueError:
+        return DEFAULT_HEARTBEAT_S
+    return value if value > 0 else DEFAULT_HEARTBEAT_S
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return False
+    return True
+
+
+def run_tags() -> dict[str, str]:
+    """Tags for an MLflow run created by this process: pid, host and the job run (what recovery matches)."""
+    tags = {"loopline.pid": str(os.getpid()), "loopline.host": socket.gethostname()}
+    job_run = CURRENT_RUN.get()
+    if job_run:
+        tags["loopline.job_run_id"] = job_run
+    return tags
+
+
+def crash_reason(record: RunRecord, now: datetime, interval: float | None = None) -> str | None:
+    """Why a ``running`` row is really a crashed run (its process is gone, or its heartbeat is stale); None
+    while it looks alive."""
+    if record.status != "running":
+        return None
+    where = f"pid {record.pid} on {record.host}" if record.pid else "its process"
+    if record.pid and record.host == socket.gethostname() and not pid_alive(record.pid):
+        return f"{where} is gone (killed or crashed; last heartbeat {record.ended_at:%Y-%m-%d %H:%M:%S} UTC)"
+    stale = STALE_BEATS * (interval or heartbeat_interval())
+    if (now - record.ended_at).total_seconds() > stale:
+        return f"no heartbeat from {where} since {record.ended_at:%Y-%m-%d %H:%M:%S} UTC (> {stale:.0f} s)"
+    return None
+
+
+def as_seen(record: RunRecord, now: datetime | None = None) -> RunRecord:
+    """The record as readers should show it: a ``running`` row of a dead process is ``crashed``."""
+    why = crash_reason(record, now or utc_now())
+    return dataclasses.replace(record, status="crashed", error=why) if why else record
 
 
 def describe_result(result: object) -> str:
@@ -202,28 +273,43 @@ class JobRunner:
     def run(self, name: str, options: Mapping[str, Any] | None = None) -> RunRecord:
         """Run one job; failures are recorded and returned on the record (``record.exception``), not raised.
 
-        A job calling ``sys.exit()`` is a failure like any other (returned); KeyboardInterrupt is
-        recorded as failed and re-raised. An unknown job name raises JobError (nothing is recorded);
-        a failure to write the ``runs`` row raises TableError.
+        A ``running`` row is written first and kept alive by a heartbeat; the final row replaces it. A job
+        calling ``sys.exit()`` is a failure like any other (returned); KeyboardInterrupt is recorded as
+        failed and re-raised. An unknown job name raises JobError (nothing is recorded); a failure to write
+        the ``runs`` row raises TableError.
         """
         if name not in (JOB_FUNCTIONS if self.functions is None else self.functions):
             resolve_job(name, self.functions)  # raises JobError naming the known jobs
         run_id = uuid.uuid4().hex
         lock = JobLock.for_job(self.project, name)
         started = self._now()
+        pid, host = os.getpid(), socket.gethostname()
         if not lock.acquire():
             reason = f"job {name!r} is already running in env {self.project.env!r} ({lock.holder()})"
-            return self._record(RunRecord(run_id, name, self.project.env, started, started, "skipped", 0.0, reason))
+            skipped = RunRecord(run_id, name, self.project.env, started, started, "skipped", 0.0, reason, pid, host)
+            append_run(self.project, skipped)
+            return skipped
         t0 = time.perf_counter()
         status: Status = "ok"
         result: object = None
         error: BaseException | None = None
+        token = CURRENT_RUN.set(run_id)
+        beat: Heartbeat | None = None
         try:
+            running = RunRecord(run_id, name, self.project.env, started, started, "running", 0.0, None, pid, host)
+            append_run(self.project, running)
+            beat = Heartbeat(self.project, running, t0)
+            from loopline.recovery import recover
+
+            recover(self.project, name, mlflow=self.functions is None)
             fn = resolve_job(name, self.functions)
             result = fn(self.project, **dict(options or {}))
         except BaseException as exc:  # recorded; KeyboardInterrupt is re-raised below
             status, error = "failed", exc
         finally:
+            if beat is not None:
+                beat.stop()
+            CURRENT_RUN.reset(token)
             lock.release()
         record = RunRecord(
             run_id,
@@ -234,10 +320,12 @@ class JobRunner:
             status,
             round(time.perf_counter() - t0, 6),
             error_message(error) if error is not None else None,
+            pid,
+            host,
             result,
             error,
         )
-        self._record(record)
+        finish_run(self.project, record)
         if error is not None and not isinstance(error, (Exception, SystemExit)):
             raise error
         return record
@@ -246,9 +334,30 @@ class JobRunner:
         now = self.clock()
         return now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
 
-    def _record(self, record: RunRecord) -> RunRecord:
-        append_run(self.project, record)
-        return record
+
+class Heartbeat:
+    """A daemon thread moving a ``running`` row's ``ended_at`` / ``duration_s`` forward every interval."""
+
+    def __init__(self, project: Project, record: RunRecord, t0: float, interval: float | None = None) -> None:
+        self.project, self.record, self.t0 = project, record, t0
+        self.interval = interval or heartbeat_interval()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"loopline-heartbeat-{record.job}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            alive = dataclasses.replace(
+                self.record, ended_at=utc_now(), duration_s=round(time.perf_counter() - self.t0, 6)
+            )
+            try:
+                update_run(self.project, alive, columns=("ended_at", "duration_s"))
+            except Exception as exc:  # a missed beat is not a failed job
+                log.warning("heartbeat of %s run %s not recorded: %s", self.record.job, self.record.run_id, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
 
 
 def run_job(project: Project, name: str, *, functions: Functions | None = None, **options: Any) -> RunRecord:
@@ -275,8 +384,33 @@ def append_run(project: Project, record: RunRecord) -> None:
     _store(project).append(RUNS_TABLE, table, job=record.job, run_id=record.run_id)
 
 
+def update_run(project: Project, record: RunRecord, columns: tuple[str, ...] | None = None) -> int:
+    """Set ``columns`` (default: all) of the row with the record's ``run_id`` (one Delta merge, retried on a
+    concurrent commit); returns the rows updated."""
+    from loopline.errors import TableError
+
+    table = pa.Table.from_pylist([record.row()], schema=RUNS_SCHEMA)
+    cols = list(columns or [n for n in RUNS_SCHEMA.names if n != "run_id"])
+    for attempt in range(5):
+        try:
+            return _store(project).update_matching(RUNS_TABLE, table, ["run_id"], cols)
+        except TableError:
+            if attempt == 4:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return 0
+
+
+def finish_run(project: Project, record: RunRecord) -> None:
+    """Replace the run's ``running`` row with its final state (appended when that row is missing)."""
+    if update_run(project, record) == 0:
+        append_run(project, record)
+
+
 def _from_row(row: dict[str, Any]) -> RunRecord:
     return RunRecord(
+        pid=row.get("pid"),
+        host=row.get("host"),
         run_id=row["run_id"],
         job=row["job"],
         env=row["env"],
@@ -291,7 +425,8 @@ def _from_row(row: dict[str, Any]) -> RunRecord:
 def run_history(
     project: Project, *, job: str | None = None, status: str | None = None, limit: int | None = 50
 ) -> list[RunRecord]:
-    """Recorded runs, newest first (empty when nothing was recorded yet)."""
+    """Recorded runs, newest first (empty when nothing was recorded yet); a ``running`` row whose process is
+    gone is returned as ``crashed`` (:func:`as_seen`)."""
     import pyarrow.dataset as ds
 
     store = _store(project)
@@ -300,14 +435,17 @@ def run_history(
     flt: ds.Expression | None = None
     if job is not None:
         flt = ds.field("job") == job
-    if status is not None:
+    if status is not None and status not in ("running", "crashed"):
         cond = ds.field("status") == status
         flt = cond if flt is None else flt & cond
-    table = store.read(RUNS_TABLE, columns=list(RUNS_SCHEMA.names), filter=flt)
+    names = store.schema(RUNS_TABLE).names
+    table = store.read(RUNS_TABLE, columns=[n for n in RUNS_SCHEMA.names if n in names], filter=flt)
     table = table.sort_by([("started_at", "descending"), ("ended_at", "descending")])
-    if limit is not None:
-        table = table.slice(0, limit)
-    return [_from_row(r) for r in table.to_pylist()]
+    now = utc_now()
+    records = [as_seen(_from_row(r), now) for r in table.to_pylist()]
+    if status is not None:
+        records = [r for r in records if r.status == status]
+    return records[:limit] if limit is not None else records
 
 
 def last_runs(project: Project) -> dict[str, RunRecord]:

@@ -2,9 +2,16 @@
 
 Promotion moves MLflow aliases (``champion``, ``challenger``) on the environment's registered model;
 stages are not used (deprecated in MLflow 3). Every move of ``champion`` (promote, force, rollback,
-retire, copy) appends one row to the ``registry_events`` Delta table: who, when, model, alias,
+retire, copy) is recorded in the ``registry_events`` Delta table: who, when, model, alias,
 version from -> to, action, reason and the gate verdict of the version moved to. Rollback replays that
 audit log to find the previous champion.
+
+Audit first: the row is appended ``pending`` *before* the alias moves and marked ``done`` after it (or
+``aborted`` when the move failed), so a command killed in between leaves its intent. Every command reconciles
+first (:func:`reconcile`): a ``pending`` row becomes ``done`` when the alias is where it says, else ``aborted``;
+and when ``@champion`` is not where the audit log says (moved outside loopline, e.g. in the MLflow UI), a
+``reconcile`` row records the move that was found. All of it runs under the registry lock
+(:mod:`loopline.registry_lock`), so two commands never read the same "current" champion.
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ import getpass
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loopline import tracking
 from loopline.errors import RegistryError, TableError
+from loopline.registry_lock import registry_lock
+from loopline.testhooks import crash_point
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -47,6 +57,9 @@ class RegistryEvent:
     action: str
     reason: str
     gate_verdict: str
+    event_id: str = ""
+    state: str = "done"
+    """``pending`` (written before the alias moved), ``done``, or ``aborted`` (the move did not happen)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -114,6 +127,8 @@ def events_schema() -> Any:
             ("action", pa.string()),
             ("reason", pa.string()),
             ("gate_verdict", pa.string()),
+            ("event_id", pa.string()),
+            ("state", pa.string()),
         ]
     )
 
@@ -140,39 +155,92 @@ def _events(project: Project) -> list[RegistryEvent]:
         values: dict[str, Any] = {
             k: r.get(k) if k in ("timestamp", "from_version", "to_version") else (r.get(k) or "") for k in fields
         }
+        values["state"] = values["state"] or "done"  # rows written before audit-first
         out.append(RegistryEvent(**values))
     return out
 
 
-def history(project: Project, limit: int | None = None) -> list[RegistryEvent]:
-    """The audit log of the environment's registered model, newest first."""
+def history(project: Project, limit: int | None = None, reconciled: bool = False) -> list[RegistryEvent]:
+    """The audit log of the environment's registered model, newest first (``reconciled``: after
+    :func:`reconcile`, under the registry lock)."""
+    if reconciled:
+        with registry_lock(project, actor()):
+            reconcile(project)
     rows = list(reversed(_events(project)))
     return rows[:limit] if limit else rows
 
 
+def _set_state(project: Project, events: list[RegistryEvent], state: str) -> None:
+    import pyarrow as pa
+
+    ids = pa.table({"event_id": [e.event_id for e in events], "state": [state] * len(events)})
+    _store(project).update_matching(EVENTS, ids, ["event_id"], ["state"])
+
+
+def reconcile(project: Project) -> list[RegistryEvent]:
+    """Settle the audit log with the aliases (call under the registry lock): each ``pending`` row becomes
+    ``done`` when its alias is where it says, else ``aborted``; a ``@champion`` that is not where the log says
+    gets a ``reconcile`` row naming what was found. Returns the rows settled or written."""
+    events = _events(project)
+    settled: list[RegistryEvent] = []
+    aliases: dict[str, str | None] = {}
+
+    def at(alias: str) -> str | None:
+        if alias not in aliases:
+            mv = tracking.alias_version(project, alias)
+            aliases[alias] = str(mv.version) if mv is not None else None
+        return aliases[alias]
+
+    for e in events:
+        if e.state != "pending" or not e.event_id:
+            continue
+        state = "done" if not e.alias or at(e.alias) == e.to_version else "aborted"
+        _set_state(project, [e], state)
+        settled.append(replace(e, state=state))
+    states = {e.event_id: e.state for e in settled}
+    done = [e for e in events if states.get(e.event_id, e.state) == "done" and e.alias == tracking.CHAMPION]
+    expected = done[-1].to_version if done else None
+    actual = at(tracking.CHAMPION)
+    if actual != expected:
+        verdict = _verdict(get_version(project, actual)) if actual else ""
+        found = f"version {actual}" if actual else "no version"
+        why = (
+            f"@{tracking.CHAMPION} found at {found} while the audit log says "
+            f"{'version ' + expected if expected else 'none'}: moved outside loopline's audit"
+        )
+        row = _event(project, "reconcile", expected, actual, why, verdict)
+        _append(project, [row])
+        settled.append(row)
+    return settled
+
+
 def _move(project: Project, c: MlflowClient, alias: str, to: str | None, events: list[RegistryEvent]) -> None:
-    """Set (or delete, ``to=None``) an alias, then append the audit rows; undo the move if the audit write fails."""
+    """Audit first (call under the registry lock): append the rows ``pending``, set (or delete, ``to=None``) the
+    alias, mark the rows ``done`` (``aborted`` when the move failed). A crash in between is settled by the next
+    command's :func:`reconcile`."""
     from mlflow.exceptions import MlflowException
 
     name = project.registered_model
-    before = tracking.alias_version(project, alias)
+    pending = [replace(e, state="pending") for e in events]
+    try:
+        _append(project, pending)
+    except TableError as exc:
+        raise RegistryError(
+            f"the audit row could not be written, @{alias} of {name} left unchanged: {exc.message}", hint=exc.hint
+        ) from None
     try:
         if to is None:
             c.delete_registered_model_alias(name, alias)
         else:
             c.set_registered_model_alias(name, alias, to)
     except MlflowException as exc:
+        _set_state(project, pending, "aborted")
         raise RegistryError(f"cannot move @{alias} of {name} to version {to}: {exc.message}") from None
+    crash_point("alias_moved")
     try:
-        _append(project, events)
-    except TableError as exc:
-        if before is not None:
-            c.set_registered_model_alias(name, alias, before.version)
-        elif to is not None:
-            c.delete_registered_model_alias(name, alias)
-        raise RegistryError(
-            f"the audit row could not be written, @{alias} of {name} left unchanged: {exc.message}", hint=exc.hint
-        ) from None
+        _set_state(project, pending, "done")
+    except TableError:
+        pass  # the alias moved and the pending row says so: the next command's reconcile marks it done
 
 
 def _event(
@@ -194,6 +262,7 @@ def _event(
         action=action,
         reason=reason or "",
         gate_verdict=verdict,
+        event_id=uuid.uuid4().hex,
     )
 
 
@@ -238,8 +307,15 @@ def promote(
 ) -> RegistryEvent:
     """Move ``champion`` to the challenger (or to ``version``), which must have passed the gate.
 
-    ``force`` skips the gate verdict (not the retired check) and requires a ``reason``.
+    ``force`` skips the gate verdict (not the retired check) and requires a ``reason``. Under the registry
+    lock, after :func:`reconcile`.
     """
+    with registry_lock(project, actor()):
+        reconcile(project)
+        return _promote(project, version, force, reason)
+
+
+def _promote(project: Project, version: str | int | None, force: bool, reason: str | None) -> RegistryEvent:
     name = project.registered_model
     if force and not (reason and reason.strip()):
         raise RegistryError(
@@ -272,6 +348,7 @@ def promote(
         )
     current = tracking.alias_version(project, tracking.CHAMPION)
     cur = str(current.version) if current is not None else None
+    crash_point("champion_read")
     if cur == v:
         raise RegistryError(f"version {v} is already @{tracking.CHAMPION} of {name}", hint="nothing to promote")
     event = _event(project, "force" if force else "promote", cur, v, reason, verdict)
@@ -287,7 +364,7 @@ def _champion_stack(events: list[RegistryEvent]) -> list[str]:
     """Replay the audit log into the stack of champions (top = latest)."""
     stack: list[str] = []
     for e in events:
-        if e.alias != tracking.CHAMPION:
+        if e.alias != tracking.CHAMPION or e.state != "done":
             continue
         if e.action == "rollback":
             if stack and stack[-1] == e.from_version:
@@ -302,7 +379,14 @@ def _champion_stack(events: list[RegistryEvent]) -> list[str]:
 
 
 def rollback(project: Project, reason: str | None = None) -> RegistryEvent:
-    """Point ``champion`` back to the previous champion recorded in the audit log."""
+    """Point ``champion`` back to the previous champion recorded in the audit log (under the registry lock,
+    after :func:`reconcile`)."""
+    with registry_lock(project, actor()):
+        reconcile(project)
+        return _rollback(project, reason)
+
+
+def _rollback(project: Project, reason: str | None) -> RegistryEvent:
     name = project.registered_model
     c = tracking.client(project)
     current = tracking.alias_version(project, tracking.CHAMPION)
@@ -336,6 +420,12 @@ def rollback(project: Project, reason: str | None = None) -> RegistryEvent:
 # ----------------------------------------------------------------------------- retire
 def retire(project: Project, version: str | int, reason: str | None = None) -> list[RegistryEvent]:
     """Remove every alias of ``version`` and tag it ``loopline.retired=true``; it can no longer be promoted."""
+    with registry_lock(project, actor()):
+        reconcile(project)
+        return _retire(project, version, reason)
+
+
+def _retire(project: Project, version: str | int, reason: str | None) -> list[RegistryEvent]:
     from mlflow.exceptions import MlflowException
 
     name = project.registered_model
@@ -378,16 +468,17 @@ def copy(project_from: Project, project_to: Project, reason: str | None = None) 
     result = gate(project_to, new, test_df)
     event = None
     if result.passed:
-        current = tracking.alias_version(project_to, tracking.CHAMPION)
-        cur = str(current.version) if current is not None else None
-        event = _event(
-            project_to, "copy", cur, new, reason or f"copied from {src_name} version {src_v}", result.verdict
-        )
-        c = tracking.client(project_to)
-        _move(project_to, c, tracking.CHAMPION, new, [event])
-        challenger = tracking.alias_version(project_to, tracking.CHALLENGER)
-        if challenger is not None and str(challenger.version) == new:
-            c.delete_registered_model_alias(project_to.registered_model, tracking.CHALLENGER)
+        with registry_lock(project_to, actor()):
+            reconcile(project_to)
+            current = tracking.alias_version(project_to, tracking.CHAMPION)
+            cur = str(current.version) if current is not None else None
+            why = reason or f"copied from {src_name} version {src_v}"
+            event = _event(project_to, "copy", cur, new, why, result.verdict)
+            c = tracking.client(project_to)
+            _move(project_to, c, tracking.CHAMPION, new, [event])
+            challenger = tracking.alias_version(project_to, tracking.CHALLENGER)
+            if challenger is not None and str(challenger.version) == new:
+                c.delete_registered_model_alias(project_to.registered_model, tracking.CHALLENGER)
     return CopyResult(src_name, src_v, project_to.registered_model, new, result, event)
 
 

@@ -245,6 +245,18 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+DEMO_PROJECT = "bikeshare"
+DEMO_DATA = "pkg://ISLP/data/Bikeshare.csv"
+
+
+def is_demo_project(project: Project) -> bool:
+    """The Bikeshare example (or a copy): project name ``bikeshare`` and a source reading the ISLP Bikeshare data
+    (what `loopline demo` accepts before it replaces any state)."""
+    if project.config.project != DEMO_PROJECT:
+        return False
+    return any(DEMO_DATA in (s.path or "", *s.files.values()) for s in project.config.sources.values())
+
+
 def policy_project(project: Project, name: str, overrides: dict[str, Any]) -> Project:
     """The project under ``overrides``, with its own fresh state folder ``.loopline/replay/<name>/``."""
     from loopline.config import deep_merge, validate

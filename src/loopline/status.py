@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from loopline import tracking
 from loopline.errors import LooplineError, RegistryError
@@ -162,6 +161,8 @@ def _run_dict(r: RunRecord) -> dict[str, Any]:
         "ended_at": r.ended_at.isoformat(),
         "duration_s": r.duration_s,
         "error": r.error,
+        "pid": r.pid,
+        "host": r.host,
     }
 
 
@@ -172,24 +173,11 @@ def _table_dict(t: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- MLflow access
-def safe_uri(uri: str) -> str:
-    """A URI with any password replaced by ``***`` (safe to print)."""
-    parts = urlsplit(uri)
-    if parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-    return uri
+safe_uri = tracking.safe_uri
 
 
 def _unreachable(project: Project, exc: BaseException | str) -> LooplineError:
-    uri = safe_uri(project.registry_uri)
-    what = "tracking URI" if project.registry_uri == project.tracking_uri else "registry URI"
-    return LooplineError(
-        f"cannot reach MLflow at {what} {uri}: {exc}",
-        hint="check the server is running and environments.<env>.tracking_uri in loopline.yaml",
-    )
+    return tracking.unreachable(project, exc)
 
 
 def _registry_db_missing(project: Project) -> bool:
@@ -201,22 +189,9 @@ def _registry_db_missing(project: Project) -> bool:
     return path not in ("", ":memory:") and not Path(path).exists()
 
 
-def _check_server(project: Project, timeout: float = 5.0) -> None:
-    """Fail fast (instead of mlflow's minutes of retries) when an HTTP tracking server does not answer."""
-    uri = project.registry_uri
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        return  # something answered; a proxy without /health is fine
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise _unreachable(project, reason) from None
+def _check_server(project: Project) -> None:
+    """Fail fast (instead of mlflow's minutes of retries) when the tracking server does not answer."""
+    tracking.check_reachable(project)
 
 
 def _client(project: Project) -> MlflowClient:

@@ -9,8 +9,9 @@ import logging
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
-from loopline.errors import RegistryError
+from loopline.errors import LooplineError, RegistryError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("loopline.tracking")
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+REACH_TIMEOUT_S = 5.0
+"""How long a tracking server or database may take to answer before a command fails (MLflow itself retries
+for minutes)."""
+_REACHED: set[str] = set()
 
 
 def db_uri(uri: str) -> str:
@@ -39,13 +44,143 @@ def db_uri(uri: str) -> str:
     return uri
 
 
+def safe_uri(uri: str) -> str:
+    """A URI with any password replaced by ``***`` (safe to print)."""
+    parts = urlsplit(uri)
+    if parts.password:
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return uri
+
+
+def unreachable(project: Project, exc: BaseException | str, uri: str | None = None) -> LooplineError:
+    """The error of a tracking server or database that does not answer, naming its URI (password hidden)."""
+    uri = uri or project.registry_uri
+    what = "registry URI" if uri == project.registry_uri and uri != project.tracking_uri else "tracking URI"
+    return LooplineError(
+        f"cannot reach MLflow at {what} {safe_uri(uri)}: {exc}",
+        hint="check the server is running and environments.<env>.tracking_uri in loopline.yaml",
+    )
+
+
+def check_reachable(project: Project, timeout: float = REACH_TIMEOUT_S) -> None:
+    """Fail within ``timeout`` seconds (LooplineError naming the URI) when the tracking or registry server does
+    not answer; MLflow itself retries for minutes. HTTP(S): ``GET /health``; PostgreSQL: a connection; any
+    other ``scheme://host:port`` database: a TCP connection. Checked once per URI and process."""
+    for uri in dict.fromkeys((project.tracking_uri, project.registry_uri)):
+        if uri in _REACHED:
+            continue
+        problem = _probe(uri, timeout)
+        if problem is not None:
+            raise unreachable(project, problem, uri)
+        _REACHED.add(uri)
+
+
+def _probe(uri: str, timeout: float) -> str | None:
+    """Why ``uri`` cannot be reached, or None when it answers (or is a local file / sqlite / plugin scheme)."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("", "file", "sqlite", "databricks", "databricks-uc", "uc"):
+        return None
+    if scheme in ("http", "https"):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+                return None
+        except urllib.error.HTTPError:
+            return None  # something answered; a proxy without /health is fine
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            return str(getattr(exc, "reason", exc))
+    if scheme.split("+")[0] in ("postgresql", "postgres"):
+        import psycopg
+
+        try:
+            psycopg.connect(_libpq(uri), connect_timeout=max(1, round(timeout))).close()
+        except psycopg.Error as exc:
+            return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None
+    return _tcp(uri, timeout)
+
+
+def _libpq(uri: str) -> str:
+    """A SQLAlchemy PostgreSQL URI as libpq takes it (no ``+driver``)."""
+    scheme, rest = uri.split("://", 1)
+    return f"postgresql://{rest}" if scheme.split("+")[0] in ("postgresql", "postgres") else uri
+
+
+def _tcp(uri: str, timeout: float) -> str | None:
+    import socket
+
+    parts = urlsplit(uri)
+    if not parts.hostname:
+        return None
+    default = {"mysql": 3306, "mssql": 1433}.get(parts.scheme.split("+")[0])
+    port = parts.port or default
+    if port is None:
+        return None
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+_RELOCATED: set[str] = set()
+
+
+def relocate(project: Project) -> str | None:
+    """Make a copied or moved project use its own state: when the default sqlite database in the state folder
+    names artifact locations under another project's ``.loopline/<env>`` folder (MLflow stores absolute
+    paths), rewrite them to this state folder, in one transaction. Returns the old state folder, or None.
+    Only for the default layout (sqlite in ``.loopline/<env>/mlflow.db``, default artifact root)."""
+    import sqlite3
+
+    db = project.state_dir / "mlflow.db"
+    default = (project.state_dir / "artifacts").as_uri()
+    if (
+        str(db) in _RELOCATED
+        or project.tracking_uri != f"sqlite:///{db}"
+        or project.artifact_root != default
+        or not db.is_file()
+    ):
+        return None
+    _RELOCATED.add(str(db))
+    name = f"/{project.config.project}/{project.env}"
+    with sqlite3.connect(db) as con:
+        try:
+            row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (name,)).fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        suffix = f"/.loopline/{project.env}/artifacts"
+        if row is None or not row[0] or row[0] == default or not str(row[0]).endswith(suffix):
+            return None
+        old = str(row[0]).removeprefix("file://").removesuffix("/artifacts")
+        new = str(project.state_dir)
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
+            for col in con.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if "CHAR" in str(col[2]).upper() or "TEXT" in str(col[2]).upper():
+                    c = col[1]
+                    con.execute(
+                        f'UPDATE "{table}" SET "{c}" = replace("{c}", ?, ?) WHERE instr("{c}", ?) > 0',
+                        (old + "/", new + "/", old + "/"),
+                    )
+    log.warning("state moved from %s: MLflow artifact locations now point to %s", old, new)
+    return old
+
+
 def client(project: Project) -> MlflowClient:
-    """Point mlflow at the environment's tracking and registry URIs and return a client."""
+    """Point mlflow at the environment's tracking and registry URIs and return a client (after
+    :func:`check_reachable`)."""
     import mlflow
     from mlflow import MlflowClient
 
+    check_reachable(project)
     if project.tracking_uri.startswith("sqlite:///"):
         project.state_dir.mkdir(parents=True, exist_ok=True)
+        relocate(project)
     tracking, registry = db_uri(project.tracking_uri), db_uri(project.registry_uri)
     mlflow.set_tracking_uri(tracking)
     mlflow.set_registry_uri(registry)

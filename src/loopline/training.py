@@ -31,7 +31,9 @@ from loopline.evaluation import (
     metric_names,
     small_input_threads,
 )
+from loopline.jobs import run_tags
 from loopline.labels import LabelSpec, spec_for
+from loopline.testhooks import crash_point
 from loopline.training_data import FEATURES, Prepared, prepare, read_features, recency_weights, split_frame, test_rows
 
 if TYPE_CHECKING:
@@ -240,7 +242,7 @@ def _search(
                 params[k] = trial.suggest_float(k, float(dim.low or 0), float(dim.high or 0), log=dim.log)
             else:
                 params[k] = trial.suggest_categorical(k, list(dim.choices or []))
-        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=exp):
+        with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True, experiment_id=exp, tags=run_tags()):
             mlflow.log_params(params)
             try:
                 trainer.validate(params, "training.search.space")
@@ -443,6 +445,7 @@ def publish(
         mlflow.log_input(_dataset(p.all_rows(), p.features_uri, p.features_version, p.target), context="training")
     info = _log_model(project, model, p.test[p.input_columns].head(5), spec)
     version = str(info.registered_model_version)
+    crash_point("registered")
     candidate = None
     if refit:
         try:
@@ -494,7 +497,8 @@ def _log_evaluation(params: dict[str, Any], metrics: dict[str, float], fitted_ro
 
     parent = mlflow.active_run()
     assert parent is not None
-    with mlflow.start_run(run_name="evaluated-candidate", nested=True, experiment_id=parent.info.experiment_id) as ev:
+    exp = parent.info.experiment_id
+    with mlflow.start_run(run_name="evaluated-candidate", nested=True, experiment_id=exp, tags=run_tags()) as ev:
         mlflow.set_tags({"loopline.refit_run_id": parent.info.run_id, "loopline.trained_rows": str(fitted_rows)})
         if params:
             mlflow.log_params({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in params.items()})
@@ -546,7 +550,8 @@ def train(
         probe = estimators.build(trainer.cls, params, p.categorical, p.input_columns)
         if not estimators.takes_sample_weight(probe):
             notes.append(f"training.recency_half_life: {trainer.name}.fit takes no sample_weight; rows not weighted")
-    with mlflow.start_run(experiment_id=exp, run_name=f"train-{project.env}-data-v{p.features_version}") as run:
+    name = f"train-{project.env}-data-v{p.features_version}"
+    with mlflow.start_run(experiment_id=exp, run_name=name, tags=run_tags()) as run:
         trials = 0
         if tc.search is not None:
             params, trials = _search(project, trainer, p, params, names)

@@ -57,9 +57,11 @@ EnvOpt = Annotated[
 
 def load(project: Path | None, env: str | None):  # type: ignore[no-untyped-def]
     """Load the project once, at the edge."""
-    from loopline.config import load_project
+    from loopline.config import load_project, private_state
 
-    return load_project(project, env)
+    loaded = load_project(project, env)
+    private_state()
+    return loaded
 
 
 def fail(exc: LooplineError) -> None:

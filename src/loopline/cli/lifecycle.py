@@ -199,12 +199,12 @@ def history_cmd(
     from loopline import registry
 
     p = load(project, env)
-    rows = registry.history(p, limit=limit)
+    rows = registry.history(p, limit=limit, reconciled=True)
     if as_json:
         _print_json([r.to_dict() for r in rows])
         return
     table = Table(title=f"registry history: {p.registered_model}", title_justify="left")
-    for col in ("when (UTC)", "action", "alias", "from", "to", "gate", "actor", "reason"):
+    for col in ("when (UTC)", "action", "alias", "from", "to", "gate", "state", "actor", "reason"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -214,6 +214,7 @@ def history_cmd(
             r.from_version or "-",
             r.to_version or "-",
             r.gate_verdict,
+            r.state,
             r.actor,
             r.reason,
         )

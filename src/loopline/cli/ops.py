@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from loopline.jobs import RunRecord
     from loopline.scheduler import ScheduledJob
 
-STATUS_STYLE = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
+STATUS_STYLE = {"ok": "green", "failed": "bold red", "skipped": "yellow", "running": "cyan", "crashed": "bold red"}
 
 
 def _tz(name: str) -> tzinfo:
@@ -99,11 +99,14 @@ def runs(
     job: Annotated[str | None, typer.Option("--job", "-j", help="Only this job.", show_default=False)] = None,
     status: Annotated[
         str | None,
-        typer.Option("--status", help="Only runs with this status: ok, failed, skipped.", show_default=False),
+        typer.Option(
+            "--status", help="Only runs with this status: ok, failed, skipped, running, crashed.", show_default=False
+        ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Most recent runs shown.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
-    """List recorded job runs, newest first (from the `runs` table)."""
+    """List recorded job runs, newest first (from the `runs` table); a run whose process died is `crashed`."""
     from rich.table import Table
     from rich.text import Text
 
@@ -112,9 +115,16 @@ def runs(
     if job is not None and job not in JOB_NAMES:
         raise typer.BadParameter(f"must be one of {', '.join(JOB_NAMES)}, got {job!r}", param_hint="'--job'")
     if status is not None and status not in STATUS_STYLE:
-        raise typer.BadParameter(f"must be one of ok, failed, skipped, got {status!r}", param_hint="'--status'")
+        raise typer.BadParameter(f"must be one of {', '.join(STATUS_STYLE)}, got {status!r}", param_hint="'--status'")
     proj = load(project, env)
     records = run_history(proj, job=job, status=status, limit=limit)
+    if as_json:
+        import json
+
+        from loopline.status import _run_dict
+
+        typer.echo(json.dumps([_run_dict(r) for r in records], indent=2, default=str))
+        return
     if not records:
         what = " ".join(x for x in (status, f"{job!r}" if job else None) if x)
         console.print(f"no {what + ' ' if what else ''}runs recorded in env {proj.env!r} yet.")

@@ -109,8 +109,16 @@ def demo_command(
 ) -> None:
     """Replay 2011 of Capital Bikeshare through the whole loop (real HTTP server included): month by month the
     loop's champion vs the never-retrained Jan-Mar model vs an oracle refit every month."""
-    from loopline.replay import replay
+    from loopline.replay import is_demo_project, replay
 
     p = load(project, env)
+    if not is_demo_project(p):  # the replay wipes .loopline/replay/ state: never in someone else's project
+        from loopline.errors import ConfigError
+
+        raise ConfigError(
+            f"{p.config_path} is not the Bikeshare example; `loopline demo` runs only on it (nothing was changed)",
+            hint="replay your own project with `loopline replay -p DIR`; the demo is `loopline demo -p "
+            "examples/bikeshare` (or a copy of that folder)",
+        )
     result = replay(p, serve=True, sample=sample, say=lambda line: console.print(line, highlight=False))
     _print(result)

@@ -24,8 +24,15 @@ review_app = typer.Typer(
 app.add_typer(review_app, name="review")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-VERDICT_STYLE = {"ok": "green", "breach": "bold red", "no_data": "yellow", "passed": "green", "failed": "bold red"}
-RUN_STYLE = {"ok": "green", "failed": "bold red", "skipped": "yellow"}
+VERDICT_STYLE = {
+    "ok": "green",
+    "breach": "bold red",
+    "no_data": "yellow",
+    "passed": "green",
+    "failed": "bold red",
+    "ungated": "yellow",
+}
+RUN_STYLE = {"ok": "green", "failed": "bold red", "skipped": "yellow", "running": "cyan", "crashed": "bold red"}
 
 
 def _echo_json(data: Any) -> None:
