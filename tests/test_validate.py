@@ -308,3 +308,36 @@ def test_validation_streams_in_chunks_and_finds_duplicates_across_them(
     assert [(c.check, c.column, c.failing_count) for c in outcome.report.checks] == [("unique", "id", 2)]
     assert sorted(store.read("quarantine").column("id").to_pylist()) == [3, 3]
     assert len(outcome.valid) == 38
+
+
+def test_text_datetimes_with_an_offset_are_converted_to_utc(tmp_path: Path) -> None:
+    """A bad date keeps the column as text; the cast then converts offsets to UTC, never cuts them off."""
+    from datetime import datetime
+
+    root = tmp_path
+    (root / "loopline.yaml").write_text(
+        textwrap.dedent(
+            """\
+            project: demo
+            model: {name: demo, target: y, keys: [id]}
+            sources: {first: {kind: csv, path: first.csv}}
+            contract:
+              max_failure_rate: 0.5
+              columns:
+                id: {type: int, nullable: false, unique: true}
+                ts: {type: datetime}
+                y: {type: float}
+            environments: {dev: {}}
+            """
+        )
+    )
+    (root / "first.csv").write_text(
+        "id,ts,y\n1,2011-01-01T05:00:00-05:00,1.0\n2,2011-01-01 05:00:00,2.0\n3,not a date,3.0\n"
+    )
+    run_pipeline(load_project(root), "first", batch_id="b1")
+    raw = {r["id"]: r["ts"] for r in DeltaStore(load_project(root).storage_root).read("raw").to_pylist()}
+    assert raw[1].replace(tzinfo=None) == datetime(2011, 1, 1, 10, 0) and raw[2].replace(tzinfo=None) == datetime(
+        2011, 1, 1, 5, 0
+    )
+    (bad,) = DeltaStore(load_project(root).storage_root).read("quarantine").to_pylist()
+    assert bad["id"] == 3 and bad["_failed_checks"] == "ts:type datetime"  # "not a date" is no datetime

@@ -48,7 +48,9 @@ def _cast(kind: str, col: str, t: pa.DataType) -> tuple[str | None, bool]:
     if kind == "datetime":
         if pa.types.is_timestamp(t):
             return None, False
-        return f"TRY_CAST({col} AS TIMESTAMP)", not pa.types.is_date(t)
+        # text with a UTC offset is converted to UTC (the session's zone), not cut at the offset; the column
+        # stays a plain TIMESTAMP as DuckDB's CSV reader types such columns in the batches that parsed
+        return f"CAST(TRY_CAST({col} AS TIMESTAMPTZ) AS TIMESTAMP)", not pa.types.is_date(t)
     if pa.types.is_date(t):  # date
         return None, False
     return f"TRY_CAST({col} AS DATE)", not pa.types.is_timestamp(t)
