@@ -46,6 +46,9 @@ def test_a_copied_project_uses_its_own_models_after_the_original_is_deleted(tmp_
     shutil.copytree(original.root, moved)
     shutil.rmtree(original.root)
 
+    warned = run_cli("check", "--project", str(moved))  # check reads the registry, changes nothing
+    assert warned.returncode == 0 and "the registry points outside the project" in warned.stderr
+    assert str(tmp_path / "original") in warned.stderr
     out = run_cli("run", "batch", "--project", str(moved))
     assert out.returncode == 0, out.stderr
     copy = load_project(moved, "dev")
@@ -59,3 +62,5 @@ def test_a_copied_project_uses_its_own_models_after_the_original_is_deleted(tmp_
     assert locations and all(str(moved) in loc and str(tmp_path / "original") not in loc for loc in locations)
     assert not (tmp_path / "original").exists(), "nothing was written to the original folder"
     assert tracking.alias_version(copy, "champion") is not None
+    again = run_cli("check", "--project", str(moved)).stderr
+    assert "points outside" not in again, again  # rewritten: no warning

@@ -5,6 +5,7 @@ mlflow is imported inside the functions so that importing loopline stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 from pathlib import Path
@@ -169,6 +170,34 @@ def relocate(project: Project) -> str | None:
                     )
     log.warning("state moved from %s: MLflow artifact locations now point to %s", old, new)
     return old
+
+
+def outside_paths(project: Project) -> list[str]:
+    """Local artifact locations the environment's sqlite registry names outside the project folder (a copied
+    or moved project; a custom ``artifact_root`` elsewhere): what ``loopline check`` warns about. Read with
+    sqlite3 directly, so checking never creates or migrates the database."""
+    import sqlite3
+
+    db = project.state_dir / "mlflow.db"
+    if project.tracking_uri != f"sqlite:///{db}" or not db.is_file():
+        return []
+    root = str(project.root.resolve()) + "/"
+    found: list[str] = []
+    queries = [  # MLflow's own "Default" experiment points wherever the first client ran: not ours
+        "SELECT artifact_location FROM experiments WHERE name <> 'Default'",
+        "SELECT storage_location FROM model_versions",
+    ]
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+        for query in queries:
+            try:
+                rows = con.execute(query).fetchall()
+            except sqlite3.DatabaseError:
+                continue
+            for (value,) in rows:
+                path = str(value or "").removeprefix("file://")
+                if path.startswith("/") and not path.startswith(root):
+                    found.append(path)
+    return list(dict.fromkeys(found))
 
 
 def client(project: Project) -> MlflowClient:

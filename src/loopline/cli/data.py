@@ -25,6 +25,28 @@ def check(project: ProjectOpt = None) -> None:
             err_console.print(p, markup=False, highlight=False)
         raise typer.Exit(2)
     console.print(f"[green]✓[/] {path} is valid")
+    _registry_warnings(path)
+
+
+def _registry_warnings(path: Path) -> None:
+    """Warn (exit 0) when an environment's registry points at model files outside the project folder."""
+    from loopline.config import load_config, load_project
+    from loopline.tracking import outside_paths
+
+    cfg, _ = load_config(path)
+    for env in cfg.environments:
+        try:
+            paths = outside_paths(load_project(path, env))
+        except LooplineError:
+            continue
+        if paths:
+            shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+            err_console.print(
+                f"[yellow]warning[/]: environment {env}: the registry points outside the project: {shown} "
+                "(a copied or moved project: the next command rewrites the default layout to this folder)",
+                markup=True,
+                highlight=False,
+            )
 
 
 @app.command()
