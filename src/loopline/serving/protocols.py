@@ -402,7 +402,10 @@ def _from_json(where: str, data: Any, dtype: str, count: int) -> np.ndarray:
     try:
         return np.array(flat, dtype=V2_DTYPES[dtype])
     except (OverflowError, ValueError):
-        raise InputError(f"{where}: a value is out of range for {dtype}") from None
+        info = np.iinfo(V2_DTYPES[dtype]) if dtype.startswith(("INT", "UINT")) else None
+        bad = next((v for v in flat if info is not None and not info.min <= v <= info.max), None)
+        shown = "a value" if bad is None else f"value {bad!r}"
+        raise InputError(f"{where}: {shown} is out of range for {dtype}", status=422) from None
 
 
 def _fits(v: Any, dtype: str) -> bool:
