@@ -109,8 +109,8 @@ def typed_values(
         values = pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         valid = np.asarray(arr.is_valid())
         finite = np.isfinite(values)
-        bad = {NONFINITE: int((valid & ~finite).sum())} if not finite[valid].all() else {}
-        return values, valid & finite, bad  # an infinite (or NaN) label or prediction: left out, counted
+        nonfinite = {NONFINITE: int((valid & ~finite).sum())} if not finite[valid].all() else {}
+        return values, valid & finite, nonfinite  # an infinite (or NaN) label or prediction: left out, counted
     parser = spec if check_classes else dataclasses.replace(spec, classes=())
     enc = pc.dictionary_encode(arr)
     idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.intp)
