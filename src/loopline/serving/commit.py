@@ -59,11 +59,16 @@ class LogCommitter:
         self.rows_flushed = 0
         self._commits = 0  # commits since the last compaction
 
-    def _table_schema(self) -> pa.Schema | None:
+    def table_schema(self, *, fresh: bool = False) -> pa.Schema | None:
         """The table's schema, re-read every ``SCHEMA_SECONDS``: a worker that only stages never writes,
         so it would not see columns the committer added (and could not check new requests against them)."""
         now = time.monotonic()
-        if self._schema is None or now - self._schema_at > SCHEMA_SECONDS:
+        # requests check key values against it too: while there is no table, look again every second only
+        if (
+            fresh
+            or not self._schema_at
+            or now - self._schema_at > (SCHEMA_SECONDS if self._schema is not None else 1.0)
+        ):
             self._schema_at = now
             try:
                 self._schema = self.store.schema(TABLE) if self.store.exists(TABLE) else None
@@ -74,20 +79,20 @@ class LogCommitter:
     def write(self, table: pa.Table) -> None:
         """One commit; columns the table already has are cast to its types (a new model version may
         send an int where the log has a float)."""
-        schema = self._table_schema()
+        schema = self.table_schema()
         if schema is not None:
             table = conform(table, schema)
         try:
             self._append(table)
         except Exception:
-            self._schema = None  # re-read next time
+            self._schema, self._schema_at = None, 0.0  # re-read next time
             raise
 
     def _combine(self, parts: list[pa.Table]) -> pa.Table | None:
         """Several tables as one (columns unified by name; missing ones null); None if they do not fit."""
         if len(parts) == 1:
             return parts[0]
-        schema = self._table_schema()
+        schema = self.table_schema()
         if schema is not None:
             parts = [conform(p, schema) for p in parts]
         try:
@@ -153,7 +158,7 @@ class LogCommitter:
         return True
 
     def misfit_of(self, table: pa.Table) -> str | None:
-        schema = self._table_schema()
+        schema = self.table_schema()
         return None if schema is None else misfit(conform(table, schema), schema)
 
     def set_aside(self, what: str, why: str, source: Path | pa.Table) -> None:

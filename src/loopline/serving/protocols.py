@@ -42,7 +42,7 @@ class Parsed:
     columns: dict[str, np.ndarray]
     n: int
     params: dict[str, Any] | None = None
-    passthrough: dict[str, list[Any]] = field(default_factory=dict)
+    passthrough: dict[str, Any] = field(default_factory=dict)  # lists; the event time: datetime64
     raw_frame: dict[str, list[Any]] | None = None  # only for models without a column signature
     v2_id: str | None = None
     v2_binary_output: bool = False  # the request's default for its outputs (binary_data_output)

@@ -266,3 +266,28 @@ def convert_columns(sig: Signature, raw: dict[str, Any], n: int, *, from_text: b
             continue
         out[col.name] = convert_column(col, values, from_text=from_text)
     return out
+
+
+def event_times(name: str, values: list[Any]) -> np.ndarray:
+    """The event-time column (``model.time_column``) sent beside the inputs: ISO-8601 text (naive = UTC) ->
+    ``datetime64[us]`` in UTC (NaT for null), so the log holds a timestamp that event-time windows can
+    read; anything else is a 422 naming the column, row and value."""
+    from datetime import UTC, datetime
+
+    out = np.empty(len(values), dtype="datetime64[us]")
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = np.datetime64("NaT")
+            continue
+        try:
+            if not isinstance(v, str):
+                raise ValueError
+            t = datetime.fromisoformat(v)
+        except ValueError:
+            raise InputError(
+                f"column {name!r}: {_show(v)}{_row_hint(i)} is not an ISO-8601 datetime (model.time_column)",
+                status=UNREPRESENTABLE,
+            ) from None
+        t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+        out[i] = np.datetime64(t.replace(tzinfo=None), "us")
+    return out
