@@ -14,8 +14,11 @@ counted in ``loopline_log_buffer_overflows`` and logged. ``close()`` (lifespan s
 uvicorn drained in-flight requests) stages what is left; the committer process, or the last worker
 to close, commits everything staged, so a clean SIGTERM loses nothing.
 
-Commits are at-least-once: a crash between a successful commit and deleting its staged files would
-commit those rows twice (``request_id`` identifies them).
+Loss bound: a worker killed with SIGKILL loses the rows still in its memory buffer: those it answered
+since its last flush, at most one ``flush_interval`` (plus the flush in progress). Staged files survive
+any crash and are committed exactly once: each commit names its spill files in its metadata, and files
+a killed committer had committed but not yet deleted are deleted, not committed again
+(``commit.LogCommitter._already_committed``).
 """
 
 from __future__ import annotations
