@@ -94,6 +94,8 @@ class LogCommitter:
         except Exception:
             self._schema, self._schema_at = None, 0.0  # re-read next time
             raise
+        if self._schema is None:
+            self._schema_at = 0.0  # the table exists now: read its schema at the next look
 
     def _combine(self, parts: list[pa.Table]) -> pa.Table | None:
         """Several tables as one (columns unified by name; missing ones null); None if they do not fit."""
