@@ -312,6 +312,15 @@ class ServingConfig(_Model):
     workers: int = Field(1, ge=1, description="uvicorn worker processes.")
     max_body_bytes: int = Field(1_000_000, ge=1, description="Largest request body accepted (else 413).")
     reload_interval: Duration = Field(timedelta(seconds=10), description="How often the champion alias is polled.")
+    header_timeout: Duration = Field(
+        timedelta(seconds=10),
+        description="A client must send a request's headers within this, else the connection is closed.",
+    )
+    body_timeout: Duration = Field(
+        timedelta(seconds=30),
+        description="A client must send the whole request body within this after the headers, else 408 and the "
+        "connection is closed.",
+    )
     compile_trees: bool = Field(
         True,
         description="Predict scikit-learn/LightGBM tree ensembles through Treelite (one C++ call for all trees); "

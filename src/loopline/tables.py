@@ -104,17 +104,18 @@ class Appender:
         self.meta = meta
         self._dt: DeltaTable | None = None
 
-    def __call__(self, data: ArrowData) -> None:
+    def __call__(self, data: ArrowData, **extra: Any) -> None:
+        """Append ``data``; ``extra``: more commit metadata for this commit only."""
         from deltalake import write_deltalake
 
         if self._dt is None:
             if not self.store.exists(self.name):
-                self.store.append(self.name, data, **self.meta)
+                self.store.append(self.name, data, **self.meta, **extra)
                 return
             self._dt = self.store.table(self.name)
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
-        props = commit_properties(self.meta)
+        props = commit_properties({**self.meta, **extra})
         try:
             write_deltalake(self._dt, data, mode="append", schema_mode="merge", commit_properties=props)
         except Exception as exc:

@@ -344,3 +344,36 @@ def test_latest_verdicts_without_a_table(tmp_path: Path) -> None:
     (tmp_path / "loopline.yaml").write_text(YAML)
     got = latest_verdicts(load_project(tmp_path))
     assert got == {"checked_at": None, "model_version": None, "verdict": None, "kinds": {}, "rows": []}
+
+
+def test_values_no_statistic_can_use_are_excluded_and_counted(env: Env) -> None:
+    """Older rows may hold what the server refuses now (an int64 of 2**63-1, infinities, 1e300): the
+    monitor completes, leaves them out of every statistic and says how many, per column."""
+    rng = np.random.default_rng(7)
+    start = NOW - timedelta(days=10)
+    log, fb = log_rows(rng, env.model, start, 250, False, "odd", 0.0)
+    x1, x2, x3, pred = (log.column(c).to_numpy().copy() for c in ("x1", "x2", "x3", "prediction"))
+    x3[0] = 2**63 - 1
+    x1[1], x1[2] = np.inf, -np.inf
+    x2[3] = 1e300
+    pred[4] = np.inf
+    for name, values in (("x1", x1), ("x2", x2), ("x3", x3), ("prediction", pred)):
+        log = log.set_column(log.column_names.index(name), name, pa.array(values))
+    label = fb.column("label").to_numpy().copy()
+    label[5] = np.inf
+    fb = fb.set_column(fb.column_names.index("label"), "label", pa.array(label))
+    odd = DeltaStore(env.project.storage_root)
+    odd.append("inference_log", log)
+    odd.append("feedback", fb)
+    res = monitor(
+        env.project, since=start - timedelta(minutes=1), until=start + timedelta(days=1), now=NOW, write=False
+    )
+    assert res.verdict in ("ok", "breach"), res.message
+    assert res.drift.excluded == {"x1": 2, "x2": 1, "x3": 1}
+    assert res.prediction_drift is not None and res.prediction_drift.excluded == 1
+    assert "5 value(s) excluded as not finite or too large (x1: 2, x2: 1, x3: 1, prediction: 1)" in res.message
+    x3_row = next(f for f in res.drift.features if f.feature == "x3")
+    assert x3_row.n_current == 249 and "1 current value(s) excluded" in x3_row.detail
+    assert res.to_dict()["drift"]["excluded"] == {"x1": 2, "x2": 1, "x3": 1}
+    assert res.performance is not None and res.performance.n_labelled == 248  # inf label, inf prediction: left out
+    assert any("1 feedback label(s) that are not finite numbers were left out" in n for n in res.performance.notes)

@@ -96,6 +96,12 @@ def test_a_feedback_table_of_another_label_type_is_a_conflict(tmp_path: Path) ->
         (b'{"keys": {"id": [1]}, "label": 1}', 422, "keys.id: must be a boolean, a number or a string, got list"),
         (b'[1]', 422, "[0]: Input should be an object"),
         (b'{"request_id": "a", "label": 1', 400, "malformed JSON"),
+        (b'{"request_id": "a", "label": Infinity}', 422, "body.label: Infinity is not a label (not a finite number)"),
+        (b'[{"request_id": "a", "label": -Infinity}]', 422, "[0].label: -Infinity is not a label"),
+        (b'{"request_id": "a", "label": NaN}', 422, "body.label: NaN is not a label"),
+        (b'{"request_id": "a", "label": 1e999}', 422, "body.label: Infinity is not a label"),
+        (b'{"keys": {"id": Infinity}, "label": 1}', 422, "body.keys.id: Infinity is not a key value"),
+        (b'{"keys": {"id": NaN}, "label": 1}', 422, "body.keys.id: NaN is not a key value"),
     ],
 )  # fmt: skip
 def test_malformed_items_name_the_field(body: bytes, status: int, message: str) -> None:

@@ -29,6 +29,26 @@ def _graceful_server(config):  # type: ignore[no-untyped-def]
     return Server(config=config)
 
 
+def _check_log_table(proj) -> None:  # type: ignore[no-untyped-def]
+    """Refuse to start when the existing inference_log cannot take this server's rows (serving.log.redact
+    hashes a column it stores as numbers): every row would otherwise go to spill/rejected/, silently."""
+    from loopline.errors import ConfigError
+    from loopline.serving.logger import TABLE, log_conflict_message
+    from loopline.serving.logrows import logged_types, schema_conflicts
+    from loopline.tables import DeltaStore
+
+    store = DeltaStore(proj.storage_root, proj.storage_options)
+    if not store.exists(TABLE):
+        return
+    problems = schema_conflicts(store.schema(TABLE), logged_types({}, proj.config.serving.log.redact))
+    if problems:
+        raise ConfigError(
+            log_conflict_message(problems),
+            hint=f"undo the serving.log.redact change, or move the old table aside (rename {TABLE} in "
+            f"{proj.storage_root}) so the log starts afresh; loopline does not rewrite logged rows",
+        )
+
+
 @app.command()
 def serve(
     project: ProjectOpt = None,
@@ -53,6 +73,7 @@ def serve(
 
     from loopline.serving import LOG_FORMAT
     from loopline.serving.auth import Auth
+    from loopline.serving.limits import HEADER_TIMEOUT_ENV, PROTOCOL
     from loopline.serving.logger import COMMITTER_ENV, Redactor
 
     proj = load(project, env)
@@ -60,6 +81,7 @@ def serve(
     Auth(cfg.auth.tokens_env)  # fail fast on a bad token spec, before workers start
     if cfg.log.enabled:
         Redactor(cfg.log.redact, cfg.log.salt_env)  # fail fast on a missing salt
+        _check_log_table(proj)
     host = host or cfg.host
     port = port or cfg.port
     workers = workers or cfg.workers
@@ -74,6 +96,7 @@ def serve(
         prom_dir = tempfile.mkdtemp(prefix="loopline-prom-")  # metrics of all processes, one /metrics
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = prom_dir
     os.environ["LOOPLINE_LOG_LEVEL"] = log_level
+    os.environ[HEADER_TIMEOUT_ENV] = str(cfg.header_timeout.total_seconds())
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     committer = None
     if use_committer:  # commits the prediction log beside the workers (they stage their rows)
@@ -98,6 +121,7 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         timeout_keep_alive=30,
+        http=PROTOCOL,
     )
     try:
         if workers > 1:  # uvicorn's supervisor: SIGTERM -> every worker drains and flushes, parent exits 0
@@ -110,6 +134,7 @@ def serve(
                 log_level=log_level,
                 access_log=access_log,
                 timeout_keep_alive=30,
+                http=PROTOCOL,
             )
         else:
             _graceful_server(config).run()

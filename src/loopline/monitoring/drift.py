@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -33,6 +33,7 @@ import pyarrow as pa
 from loopline.errors import MonitoringError
 from loopline.monitoring.sketch import (
     DEFAULT_SAMPLE_SIZE,
+    EXCLUDED,
     PSI_BINS,
     CategoricalSketch,
     Kind,
@@ -176,6 +177,8 @@ class FeatureDrift:
     detail: str = ""
     score: float | None = None
     plot: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    excluded: int = 0  # current-window values left out, counted (sketch.EXCLUDED: infinite, too large)
+    excluded_reference: int = 0
 
     @property
     def drifted(self) -> bool:
@@ -193,6 +196,8 @@ class FeatureDrift:
             "n_current": self.n_current,
             "detail": self.detail,
             "score": _json_float(self.score),
+            "excluded": self.excluded,
+            "excluded_reference": self.excluded_reference,
             "plot": self.plot,
         }
 
@@ -213,6 +218,11 @@ class DriftReport:
     def drifted(self) -> list[str]:
         return [f.feature for f in self.features if f.drifted]
 
+    @property
+    def excluded(self) -> dict[str, int]:
+        """Current-window values each column left out of its statistic (infinite or too large), when any."""
+        return {f.feature: f.excluded for f in self.features if f.excluded}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "verdict": self.verdict,
@@ -222,6 +232,7 @@ class DriftReport:
             "n_reference": self.n_reference,
             "n_current": self.n_current,
             "skipped": self.skipped,
+            "excluded": self.excluded,
             "features": [f.to_dict() for f in self.features],
         }
 
@@ -315,7 +326,28 @@ def compare_column(
     method: str = "auto",
     threshold: float | None = None,
 ) -> FeatureDrift:
-    """Drift of one column between two sketches."""
+    """Drift of one column between two sketches; values the sketches excluded are counted in the result
+    and named in its detail."""
+    result = _compare_column(name, kind, ref, cur, small_sample=small_sample, method=method, threshold=threshold)
+    out = getattr(cur, "excluded", 0)
+    out_ref = getattr(ref, "excluded", 0)
+    if not (out or out_ref):
+        return result
+    said = [f"{n} {side} value(s) excluded" for n, side in ((out, "current"), (out_ref, "reference")) if n]
+    detail = f"{result.detail}; {', '.join(said)} ({EXCLUDED})"
+    return replace(result, excluded=out, excluded_reference=out_ref, detail=detail)
+
+
+def _compare_column(
+    name: str,
+    kind: Kind,
+    ref: Sketch,
+    cur: Sketch,
+    *,
+    small_sample: int,
+    method: str = "auto",
+    threshold: float | None = None,
+) -> FeatureDrift:
     _check_method(name, kind, method)
     n_ref, n_cur = ref.count, cur.count
     base: dict[str, Any] = {"feature": name, "kind": kind, "n_reference": n_ref, "n_current": n_cur}

@@ -448,6 +448,10 @@ def monitor(
             f"within thresholds: {len(drift.drifted)} of {len(drift.features)} features drifted"
             f" ({n_inputs} input rows, {n_preds} predictions)"
         )
+    excluded = {**drift.excluded, **{f.feature: f.excluded for f in pred_drifts if f.excluded}}
+    if excluded:  # never silent: values no statistic could use (infinite, too large) were left out
+        each = ", ".join(f"{k}: {n}" for k, n in excluded.items())
+        message += f"; {sum(excluded.values())} value(s) excluded as not finite or too large ({each})"
     result = MonitorResult(
         checked_at=checked_at,
         window_start=start,

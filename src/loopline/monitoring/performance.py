@@ -88,6 +88,9 @@ def _combine(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return col
 
 
+NONFINITE = "not finite"  # the key of typed_values' counts of NaN / infinite numbers
+
+
 def typed_values(
     col: pa.Array | pa.ChunkedArray, spec: LabelSpec, *, check_classes: bool = True
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
@@ -103,8 +106,11 @@ def typed_values(
     if n == 0 or pa.types.is_null(arr.type):
         return np.zeros(n, dtype=dtype), np.zeros(n, dtype=bool), {}
     if spec.kind == "float" and (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
-        values = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
-        return values, np.asarray(arr.is_valid()), {}
+        values = pc.cast(arr, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
+        valid = np.asarray(arr.is_valid())
+        finite = np.isfinite(values)
+        nonfinite = {NONFINITE: int((valid & ~finite).sum())} if not finite[valid].all() else {}
+        return values, valid & finite, nonfinite  # an infinite (or NaN) label or prediction: left out, counted
     parser = spec if check_classes else dataclasses.replace(spec, classes=())
     enc = pc.dictionary_encode(arr)
     idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.intp)
@@ -524,6 +530,9 @@ def labelled_rows(
             continue
         y, y_ok, y_bad = typed_values(table.column("label"), spec)
         p, p_ok, p_bad = typed_values(table.column("prediction"), spec)
+        for what, bad in (("feedback label(s)", y_bad), ("prediction(s)", p_bad)):
+            if NONFINITE in bad:
+                notes.append(f"{bad.pop(NONFINITE)} {what} that are not finite numbers were left out ({source})")
         if regression and y_bad:
             raise MonitoringError(
                 f"feedback labels of a regression model must be numbers; got {_shown(y_bad)}",

@@ -6,7 +6,11 @@
   when bin edges are given, exact counts in those bins.
 * categorical / boolean / all-null: exact counts per value (booleans as ``true`` / ``false``).
 
-NaN and infinite values count as nulls. Nothing holds more than one batch plus the samples.
+Null and NaN values count as nulls (the server logs a missing float input as NaN). Values no statistic
+can use are *excluded and counted* (``NumericSketch.excluded``), never an error: infinite values,
+integers beyond +-2**53 (float64 cannot hold them exactly; the server refuses them since, but older rows
+may hold them) and floats beyond +-1e100 (their squares would overflow the moments). Nothing holds more
+than one batch plus the samples.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from loopline.errors import MonitoringError
 Kind = Literal["numeric", "categorical", "boolean", "null"]
 DEFAULT_SAMPLE_SIZE = 100_000
 PSI_BINS = 10
+EXACT_INT = 2**53  # integers beyond it are not exact in float64 (the server refuses them: serving.schema)
+MAX_ABS_FLOAT = 1e100  # beyond it the sum of squares of a column can overflow float64
+EXCLUDED = "not finite, integers beyond +-2**53, floats beyond +-1e100"
 
 
 def column_kind(dtype: pa.DataType) -> Kind | None:
@@ -74,10 +81,11 @@ class NumericSketch:
     keys: np.ndarray = field(default_factory=lambda: np.empty(0))
     edges: np.ndarray | None = None
     hist: np.ndarray | None = None
+    excluded: int = 0  # values left out of every statistic (see the module docstring), counted
 
     @property
     def nulls(self) -> int:
-        return self.rows - self.count
+        return self.rows - self.count - self.excluded
 
     @property
     def std(self) -> float:
@@ -201,7 +209,8 @@ class Profiler:
                 if col is None:
                     sk.update(np.empty(0), np.empty(0), n)
                     continue
-                values, valid = _numeric(name, col)
+                values, valid, excluded = _numeric(name, col)
+                sk.excluded += excluded
                 sk.update(values, keys if valid is None else keys[valid], n)
             else:
                 if col is None:
@@ -236,16 +245,19 @@ def _combine(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     return col
 
 
-def _numeric(name: str, col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Finite float64 values of a column and the mask of their rows (None = every row)."""
+def _numeric(name: str, col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Usable float64 values of a column, the mask of their rows (None = every row) and how many non-null,
+    non-NaN values were excluded (infinite, or beyond what the statistics can use: module docstring)."""
     arr = _combine(col)
     if pa.types.is_dictionary(arr.type):
         arr = arr.dictionary_decode()
     if pa.types.is_null(arr.type):
-        return np.empty(0), np.zeros(len(arr), dtype=bool)
-    if not pa.types.is_floating(arr.type) or arr.type != pa.float64():
-        try:
-            arr = pc.cast(arr, pa.float64())
+        return np.empty(0), np.zeros(len(arr), dtype=bool), 0
+    limit = EXACT_INT if pa.types.is_integer(arr.type) else MAX_ABS_FLOAT
+    if arr.type != pa.float64():
+        numeric = pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_decimal(arr.type)
+        try:  # numbers: never refused (an int64 of 2**63-1 becomes 9.2e18, then is excluded below)
+            arr = pc.cast(arr, pa.float64(), safe=not numeric)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             raise MonitoringError(
                 f"column {name!r} is numeric in the reference but {arr.type} in the current window, "
@@ -255,10 +267,12 @@ def _numeric(name: str, col: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np
     values = arr.to_numpy(zero_copy_only=False)
     if arr.null_count:
         values = np.where(np.asarray(arr.is_valid()), values, np.nan)
-    valid = np.isfinite(values)
+    with np.errstate(invalid="ignore"):
+        valid = np.abs(values) <= limit  # False for NaN and +-inf
     if valid.all():
-        return values, None
-    return values[valid], valid
+        return values, None, 0
+    excluded = int(valid.size - valid.sum() - np.isnan(values).sum())
+    return values[valid], valid, excluded
 
 
 def _categorical(name: str, col: pa.Array | pa.ChunkedArray, kind: Kind) -> pa.Array:

@@ -25,15 +25,19 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from loopline import __version__
 from loopline.config import Project
+from loopline.errors import ServingError
 from loopline.serving import openapi as oa
 from loopline.serving import process_logging, project_from_env
 from loopline.serving.auth import Auth, AuthFailed
-from loopline.serving.logger import Entry, PredictionLogger, spill_path
+from loopline.serving.limits import BodyTimeout
+from loopline.serving.logger import TABLE as LOG_TABLE
+from loopline.serving.logger import Entry, PredictionLogger, log_conflict_message, spill_path
 from loopline.serving.metrics import SYNC_SECONDS, Metrics, mark_process_dead
-from loopline.serving.model import LoadedModel, ModelHolder, Prediction
+from loopline.serving.model import LoadedModel, ModelError, ModelHolder, Prediction
 from loopline.serving.protocols import (
     KIND_TO_V2,
     Parsed,
@@ -46,10 +50,11 @@ from loopline.serving.protocols import (
     parse_v2,
     select_outputs,
 )
-from loopline.serving.schema import InputError
+from loopline.serving.schema import InputError, event_times
 from loopline.tables import DeltaStore
 
 log = logging.getLogger("loopline.serving")
+CLIENT_GONE = 499  # the client closed the connection before its request was read (nginx's code): never a 500
 INLINE_ROWS = 64  # small fast-path batches predict on the event loop; bigger ones in the threadpool
 _MLFLOW_CODES = {
     400: "BAD_REQUEST",
@@ -83,15 +88,29 @@ class Server:
         self.serving = cfg.serving
         self.task = cfg.model.task
         self.keys = tuple(cfg.model.keys)
+        self.time_column = cfg.model.time_column
+        # columns logged beside the inputs when a request sends them: the keys and the event time
+        self.passthrough = tuple(dict.fromkeys([*self.keys, *([self.time_column] if self.time_column else [])]))
         self.metrics = Metrics(cfg.gate.prediction_range, cfg.model.task)
         self.auth = Auth(cfg.serving.auth.tokens_env)
         self.store = DeltaStore(project.storage_root, project.storage_options)
-        self.holder = ModelHolder(project, self.metrics)
         self.logger: PredictionLogger | None = None
         if cfg.serving.log.enabled:
             self.logger = PredictionLogger(self.store, cfg.serving.log, self.task, spill_path(project), self.metrics)
+        self.holder = ModelHolder(project, self.metrics, log_check=self._log_check if self.logger else None)
         self.names = {project.registered_model, cfg.model.name}
         self.feedback_schema: Any = None  # cached schema of the feedback table
+
+    def _log_check(self, model: LoadedModel) -> None:
+        """A version whose inputs ``inference_log`` cannot store is not served: every one of its predictions
+        would be set aside in ``spill/rejected/`` and monitoring would see none of them."""
+        assert self.logger is not None
+        problems = self.logger.conflicts({c.name: c.kind for c in model.signature.columns})
+        if problems:
+            raise ModelError(
+                f"version {model.version}'s predictions cannot be logged: {'; '.join(problems)}. Move the old "
+                f"table aside ({LOG_TABLE} in {self.project.storage_root}) or log under another column name"
+            )
 
     def model(self) -> LoadedModel:
         m = self.holder.current
@@ -181,6 +200,10 @@ def create_app(project: Project | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _limit_native_threads()
         if S.logger is not None:
+            problems = S.logger.conflicts()  # `loopline serve` said so before starting; this is uvicorn's way
+            if problems:
+                log.error("refusing to start: %s", log_conflict_message(problems))
+                raise ServingError(log_conflict_message(problems))
             await S.logger.start()
         result = await S.holder.check_async()
         if S.holder.current is None:
@@ -217,6 +240,7 @@ def create_app(project: Project | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.server = S
+    app.add_middleware(BodyTimeout, seconds=S.serving.body_timeout.total_seconds())
 
     monitoring_state = {"at": float("-inf")}
 
@@ -261,6 +285,15 @@ def create_app(project: Project | None = None) -> FastAPI:
         if len(out) != parsed.n:
             raise InputError(f"the model returned {len(out)} predictions for {parsed.n} rows", status=422)
         return out
+
+    def beside_inputs(parsed: Parsed) -> Parsed:
+        """The columns sent beside the inputs: the event time parsed to a timestamp, every value checked
+        against the log's column types (a 422 now rather than rows set aside in spill/rejected/ later)."""
+        if S.time_column is not None and S.time_column in parsed.passthrough:
+            parsed.passthrough[S.time_column] = event_times(S.time_column, parsed.passthrough[S.time_column])
+        if S.logger is not None:
+            S.logger.check_keys(parsed.passthrough)
+        return parsed
 
     def record(model: LoadedModel, parsed: Parsed, pred: Prediction, endpoint: str, t0: float) -> list[str]:
         ids = _ids(parsed.n)
@@ -308,7 +341,9 @@ def create_app(project: Project | None = None) -> FastAPI:
             guard(request, "predict")
             model = S.model()
             body = await read_body(request, limit)
-            parsed = parse_mlflow(body, request.headers.get("content-type"), model.signature, S.keys)
+            parsed = beside_inputs(
+                parse_mlflow(body, request.headers.get("content-type"), model.signature, S.passthrough)
+            )
             pred = await predict(model, parsed)
             ids = record(model, parsed, pred, "invocations", t0)
             out: dict[str, Any] = {"predictions": encode_predictions(pred.labels)}
@@ -328,6 +363,9 @@ def create_app(project: Project | None = None) -> FastAPI:
         except NotReady as exc:
             status = 503
             return mlflow_error(503, f"no model is being served: {exc}")
+        except ClientDisconnect:
+            status = CLIENT_GONE
+            return Response(status_code=CLIENT_GONE)
         except Exception:
             status = 500  # a model or server bug, never client input: counted, then the 500 handler answers
             raise
@@ -409,7 +447,9 @@ def create_app(project: Project | None = None) -> FastAPI:
             guard(request, "predict")
             model = v2_model(name, version)
             body = await read_body(request, limit)
-            parsed = parse_v2(body, request.headers.get("inference-header-content-length"), model.signature, S.keys)
+            parsed = beside_inputs(
+                parse_v2(body, request.headers.get("inference-header-content-length"), model.signature, S.passthrough)
+            )
             wanted = select_outputs(parsed, output_names(model.spec, model.has_proba))
             pred = await predict(model, parsed)
             ids = record(model, parsed, pred, "v2_infer", t0)
@@ -430,6 +470,9 @@ def create_app(project: Project | None = None) -> FastAPI:
             resp = v2_error(exc)
             status = resp.status_code
             return resp
+        except ClientDisconnect:
+            status = CLIENT_GONE
+            return Response(status_code=CLIENT_GONE)
         except Exception:
             status = 500
             raise
@@ -528,6 +571,9 @@ def create_app(project: Project | None = None) -> FastAPI:
         except FeedbackError as exc:
             status = exc.status
             return _json({"error": exc.message}, exc.status)
+        except ClientDisconnect:
+            status = CLIENT_GONE
+            return Response(status_code=CLIENT_GONE)
         except Exception:
             status = 500
             raise

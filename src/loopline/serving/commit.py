@@ -34,6 +34,8 @@ TABLE = "inference_log"
 # this much (one core, off the event loop), however large the log grows
 COMPACT_FILE_BYTES = 32 * 1024 * 1024
 SCHEMA_SECONDS = 30.0
+SPILL_FILES = "spill_files"  # commit metadata: the spill files a commit holds
+HISTORY_CHECKED = 50  # commits searched for files a dead committer committed but did not delete
 
 
 class LogCommitter:
@@ -59,11 +61,16 @@ class LogCommitter:
         self.rows_flushed = 0
         self._commits = 0  # commits since the last compaction
 
-    def _table_schema(self) -> pa.Schema | None:
+    def table_schema(self, *, fresh: bool = False) -> pa.Schema | None:
         """The table's schema, re-read every ``SCHEMA_SECONDS``: a worker that only stages never writes,
         so it would not see columns the committer added (and could not check new requests against them)."""
         now = time.monotonic()
-        if self._schema is None or now - self._schema_at > SCHEMA_SECONDS:
+        # requests check key values against it too: while there is no table, look again every second only
+        if (
+            fresh
+            or not self._schema_at
+            or now - self._schema_at > (SCHEMA_SECONDS if self._schema is not None else 1.0)
+        ):
             self._schema_at = now
             try:
                 self._schema = self.store.schema(TABLE) if self.store.exists(TABLE) else None
@@ -71,23 +78,30 @@ class LogCommitter:
                 self._schema = None
         return self._schema
 
-    def write(self, table: pa.Table) -> None:
+    def write(self, table: pa.Table, files: list[Path] | None = None) -> None:
         """One commit; columns the table already has are cast to its types (a new model version may
-        send an int where the log has a float)."""
-        schema = self._table_schema()
+        send an int where the log has a float). ``files``: the claimed spill files it commits, named in
+        the commit's metadata (``SPILL_FILES``) so that a committer killed before deleting them does not
+        have them committed twice (:meth:`_already_committed`)."""
+        schema = self.table_schema()
         if schema is not None:
             table = conform(table, schema)
         try:
-            self._append(table)
+            if files and not self._writes_elsewhere:
+                self._appender(table, **{SPILL_FILES: [self.folder.original(c).name for c in files]})
+            else:
+                self._append(table)
         except Exception:
-            self._schema = None  # re-read next time
+            self._schema, self._schema_at = None, 0.0  # re-read next time
             raise
+        if self._schema is None:
+            self._schema_at = 0.0  # the table exists now: read its schema at the next look
 
     def _combine(self, parts: list[pa.Table]) -> pa.Table | None:
         """Several tables as one (columns unified by name; missing ones null); None if they do not fit."""
         if len(parts) == 1:
             return parts[0]
-        schema = self._table_schema()
+        schema = self.table_schema()
         if schema is not None:
             parts = [conform(p, schema) for p in parts]
         try:
@@ -118,9 +132,14 @@ class LogCommitter:
         what is left stays in the folder for the next flush."""
         claimed: list[Path] = []
         tables: list[pa.Table] = []
+        done = self._already_committed()
         for p in self.folder.waiting():
             c = self.folder.claim(p)
             if c is None:
+                continue
+            if p.name in done:  # committed by a committer killed before it deleted the file
+                log.info("spill file %s was committed before its committer died; deleting it", p.name)
+                c.unlink()
                 continue
             try:
                 t = self.folder.read(c)
@@ -142,7 +161,7 @@ class LogCommitter:
         if combined is None:
             return False
         try:
-            self.write(combined)
+            self.write(combined, claimed)
         except Exception as exc:
             log.warning("committing %d prediction-log parts failed (%s); trying one at a time", len(parts), exc)
             return False
@@ -152,8 +171,33 @@ class LogCommitter:
         self.flushed(combined.num_rows)
         return True
 
+    def _already_committed(self) -> set[str]:
+        """Which of the files put back from a dead committer's claims a commit already holds (exactly once:
+        such a file is deleted, not committed again). Reads the table's last commits only when there are any."""
+        import json
+
+        names = self.folder.reclaimed
+        if not names or self._writes_elsewhere:
+            return set()
+        self.folder.reclaimed = set()
+        try:
+            history = self.store.history(TABLE, limit=HISTORY_CHECKED) if self.store.exists(TABLE) else []
+        except Exception as exc:  # unreadable now: commit them (at least once) rather than lose them
+            log.warning("cannot read %s's history to skip committed spill files: %s", TABLE, exc)
+            return set()
+        done: set[str] = set()
+        for h in history:
+            raw = h.get(SPILL_FILES)
+            try:
+                listed = json.loads(raw) if isinstance(raw, str) else raw
+            except ValueError:
+                continue
+            if isinstance(listed, list):
+                done.update(str(x) for x in listed)
+        return names & done
+
     def misfit_of(self, table: pa.Table) -> str | None:
-        schema = self._table_schema()
+        schema = self.table_schema()
         return None if schema is None else misfit(conform(table, schema), schema)
 
     def set_aside(self, what: str, why: str, source: Path | pa.Table) -> None:
@@ -182,7 +226,7 @@ class LogCommitter:
                 self.folder.release(c)
                 continue
             try:
-                self.write(t)
+                self.write(t, [c])
             except Exception as exc:
                 log.warning("committing spill file %s failed (%s); will retry", self.folder.original(c).name, exc)
                 self.folder.release(c)

@@ -16,6 +16,7 @@ from the features table's target column (and any value of that type is taken).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -108,6 +109,11 @@ def _where(loc: list[Any]) -> str:
     return text or "body"
 
 
+def _json_number(v: float) -> str:
+    """How JSON wrote a non-finite number (Python's ``inf`` reads oddly in an API message)."""
+    return "NaN" if math.isnan(v) else "Infinity" if v > 0 else "-Infinity"
+
+
 def parse_items(body: bytes, keys: tuple[str, ...], spec: LabelSpec | Callable[[], LabelSpec]) -> list[FeedbackItem]:
     """The request's items, each ``label`` parsed to ``spec``'s type (all of them, or a 422: nothing is
     stored). ``spec`` may be a function, called once the body is known to be well formed."""
@@ -129,8 +135,11 @@ def parse_items(body: bytes, keys: tuple[str, ...], spec: LabelSpec | Callable[[
             if unknown:
                 hint = f"the key columns are {list(keys)}" if keys else "model.keys is empty in loopline.yaml"
                 raise InputError(f"{where}.keys: {unknown} are not key columns ({hint})", status=422)
-        if isinstance(it.label, float) and it.label != it.label:
-            raise InputError(f"{where}.label: NaN is not a label", status=422)
+        if isinstance(it.label, float) and not math.isfinite(it.label):
+            raise InputError(f"{where}.label: {_json_number(it.label)} is not a label (not a finite number)", 422)
+        for k, v in (it.keys or {}).items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"{where}.keys.{k}: {_json_number(v)} is not a key value (not a finite number)", 422)
     typed = spec if isinstance(spec, LabelSpec) else spec()
     for i, it in enumerate(items):
         where = f"[{i}]" if isinstance(parsed, list) else "body"

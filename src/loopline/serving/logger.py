@@ -14,8 +14,11 @@ counted in ``loopline_log_buffer_overflows`` and logged. ``close()`` (lifespan s
 uvicorn drained in-flight requests) stages what is left; the committer process, or the last worker
 to close, commits everything staged, so a clean SIGTERM loses nothing.
 
-Commits are at-least-once: a crash between a successful commit and deleting its staged files would
-commit those rows twice (``request_id`` identifies them).
+Loss bound: a worker killed with SIGKILL loses the rows still in its memory buffer: those it answered
+since its last flush, at most one ``flush_interval`` (plus the flush in progress). Staged files survive
+any crash and are committed exactly once: each commit names its spill files in its metadata, and files
+a killed committer had committed but not yet deleted are deleted, not committed again
+(``commit.LogCommitter._already_committed``).
 """
 
 from __future__ import annotations
@@ -25,14 +28,23 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from loopline.serving.commit import TABLE, LogCommitter
-from loopline.serving.logrows import BASE_COLUMNS, Entry, Redactor, build_steps, build_table
+from loopline.serving.logrows import (
+    BASE_COLUMNS,
+    Entry,
+    Redactor,
+    build_steps,
+    build_table,
+    check_passthrough,
+    logged_types,
+    schema_conflicts,
+)
 from loopline.serving.spill import SpillFolder, alive
 
 if TYPE_CHECKING:
@@ -53,6 +65,13 @@ def spill_path(project: Project) -> Path:
     """The spill folder: ``serving.log.spill_dir``, by default ``<state>/spill``."""
     spill = project.config.serving.log.spill_dir
     return Path(project.resolve_path(spill)) if spill else project.state_dir / "spill"
+
+
+def log_conflict_message(problems: list[str]) -> str:
+    return (
+        f"the existing {TABLE} table cannot take this server's rows: {'; '.join(problems)}. Every prediction "
+        "would be set aside in spill/rejected/ (did serving.log.redact change since those rows were logged?)"
+    )
 
 
 class PredictionLogger:
@@ -103,6 +122,22 @@ class PredictionLogger:
             self._wake()
         if rows > self.cfg.max_buffer_rows:
             self._overflow()
+
+    def conflicts(self, columns: Mapping[str, str] | None = None) -> list[str]:
+        """Why rows of this server (input ``columns``: name -> signature kind; ``serving.log.redact``) can
+        never be committed to the existing ``inference_log``, read afresh; empty when they can."""
+        schema = self.committer.table_schema(fresh=True)
+        if schema is None:
+            return []
+        return schema_conflicts(schema, logged_types(columns or {}, self.redactor.rules))
+
+    def check_keys(self, passthrough: dict[str, Any]) -> None:
+        """Key values sent beside the inputs fit the log's columns (else InputError 422, nothing logged)."""
+        if passthrough:  # redacted keys are stored hashed (text) or not at all: only their values are checked
+            schema = self.committer.table_schema()
+            if schema is not None and self.redactor.rules:
+                schema = pa.schema([f for f in schema if f.name not in self.redactor.rules])
+            check_passthrough(passthrough, schema)
 
     def buffered_ids(self, wanted: set[str]) -> set[str]:
         """Which of ``wanted`` are rows this worker has not staged or committed yet."""

@@ -12,6 +12,7 @@ already has (a few vectorized calls per flush).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ class Entry:
     latency_ms: float
     predictions: np.ndarray
     inputs: dict[str, np.ndarray]
-    passthrough: dict[str, list[Any]] = field(default_factory=dict)
+    passthrough: dict[str, Any] = field(default_factory=dict)  # lists; the event time: datetime64
     status: int = 200
     proba: np.ndarray | None = None  # classifiers: (n, n_classes), columns in spec.classes order
     probability: np.ndarray | None = None  # classifiers: (n,), spec.score
@@ -246,10 +247,103 @@ def _input_column(name: str, entries: list[Entry], counts: list[int]) -> pa.Arra
         if name in e.inputs:
             parts.append(_arrow(e.inputs[name]))
         elif name in e.passthrough:  # key columns sent beside the inputs: stored as strings
-            parts.append(pa.array([None if v is None else str(v) for v in e.passthrough[name]], pa.string()))
+            parts.append(passthrough_array(e.passthrough[name]))
         else:
             parts.append(pa.nulls(n))
     return _concat(parts)
+
+
+def passthrough_array(values: list[Any] | np.ndarray) -> pa.Array:
+    """Columns sent beside the inputs, as the log stores them: key columns as text (cast to the table's type
+    on commit), the event-time column (``schema.event_times``: datetime64) as a UTC timestamp."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "M":
+        return pa.array(values.astype("datetime64[us]")).cast(TS)
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def check_passthrough(passthrough: Mapping[str, Any], schema: pa.Schema | None) -> None:
+    """Key values sent beside the inputs must fit ``inference_log``'s column of that name (text when the
+    table has none yet): a value that does not would send the whole flush of rows to ``rejected/``. A 422
+    naming the key, the value and the type otherwise."""
+    from loopline.serving.schema import InputError
+
+    for name, values in passthrough.items():
+        for i, v in enumerate(values if isinstance(values, list) else []):  # event times: checked already
+            if v is None:
+                continue
+            if not isinstance(v, (str, int, float)):
+                raise InputError(
+                    f"key column {name!r}: {_shown(v)} at row {i} is not a key value (a string or a number)", 422
+                )
+            if isinstance(v, float) and not math.isfinite(v):
+                raise InputError(f"key column {name!r}: {v!r} at row {i} is not a key value (not a finite number)", 422)
+        if schema is None or name not in schema.names:
+            continue
+        want = schema.field(name).type
+        try:
+            passthrough_array(values).cast(want)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            for i, v in enumerate(values):
+                try:
+                    passthrough_array([v]).cast(want)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                    raise InputError(
+                        f"key column {name!r}: {_shown(v)} at row {i} does not fit inference_log's {name!r} column, "
+                        f"which is {want}",
+                        422,
+                    ) from None
+
+
+_SIGNATURE_TYPES: dict[str, pa.DataType] = {
+    "double": pa.float64(),
+    "float": pa.float32(),
+    "long": pa.int64(),
+    "integer": pa.int32(),
+    "boolean": pa.bool_(),
+    "string": pa.string(),
+    "datetime": TS,
+}
+
+
+def logged_types(columns: Mapping[str, str], redact: Mapping[str, str]) -> dict[str, pa.DataType]:
+    """The Arrow type each input column (``name: signature kind``) is logged with, after redaction."""
+    out = {name: _SIGNATURE_TYPES[kind] for name, kind in columns.items() if kind in _SIGNATURE_TYPES}
+    for name, how in redact.items():
+        if how == "hash":
+            out[name] = pa.string()
+        else:
+            out.pop(name, None)
+    return out
+
+
+def _never_fits(got: pa.DataType, want: pa.DataType) -> bool:
+    """Whether logged values of type ``got`` can fail to cast to the table's ``want`` (conform's cast)."""
+    if got == want:
+        return False
+    text = pa.types.is_string(want) or pa.types.is_large_string(want)
+    if text:
+        return False  # anything is written as text
+    if pa.types.is_string(got) or pa.types.is_large_string(got):
+        return True  # text into numbers, booleans, timestamps
+    if pa.types.is_floating(got) and pa.types.is_integer(want):
+        return True  # 2.5 into an int64 column
+    numeric = pa.types.is_integer(got) or pa.types.is_floating(got) or pa.types.is_boolean(got)
+    wanted = pa.types.is_integer(want) or pa.types.is_floating(want) or pa.types.is_boolean(want)
+    return not (numeric and wanted)
+
+
+def schema_conflicts(schema: pa.Schema, logged: Mapping[str, pa.DataType]) -> list[str]:
+    """Columns whose logged type ``inference_log`` cannot take (every such row would go to ``rejected/``)."""
+    return [
+        f"{name!r} is logged as {got} but inference_log stores it as {schema.field(name).type}"
+        for name, got in logged.items()
+        if name in schema.names and _never_fits(got, schema.field(name).type)
+    ]
+
+
+def _shown(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -196,9 +197,12 @@ def _same(want: np.ndarray, got: np.ndarray, spec: LabelSpec) -> bool:
 class ModelHolder:
     """Holds the serving model; polls the champion alias and swaps atomically on change."""
 
-    def __init__(self, project: Project, metrics: Metrics) -> None:
+    def __init__(
+        self, project: Project, metrics: Metrics, log_check: Callable[[LoadedModel], None] | None = None
+    ) -> None:
         self.project = project
         self.metrics = metrics
+        self.log_check = log_check  # raises ModelError when the version's rows could not be logged
         self.current: LoadedModel | None = None
         self.last_error: str | None = None
         self._refused: str | None = None  # a version that failed; not retried until the alias moves again
@@ -237,6 +241,8 @@ class ModelHolder:
         old = self.current.version if self.current else None
         try:
             model = load_version(self.project, version, run_id)
+            if self.log_check is not None:
+                self.log_check(model)
         except ModelError as exc:
             self._refused = version
             self.last_error = str(exc)

@@ -42,7 +42,7 @@ class Parsed:
     columns: dict[str, np.ndarray]
     n: int
     params: dict[str, Any] | None = None
-    passthrough: dict[str, list[Any]] = field(default_factory=dict)
+    passthrough: dict[str, Any] = field(default_factory=dict)  # lists; the event time: datetime64
     raw_frame: dict[str, list[Any]] | None = None  # only for models without a column signature
     v2_id: str | None = None
     v2_binary_output: bool = False  # the request's default for its outputs (binary_data_output)
@@ -402,7 +402,10 @@ def _from_json(where: str, data: Any, dtype: str, count: int) -> np.ndarray:
     try:
         return np.array(flat, dtype=V2_DTYPES[dtype])
     except (OverflowError, ValueError):
-        raise InputError(f"{where}: a value is out of range for {dtype}") from None
+        info = np.iinfo(V2_DTYPES[dtype]) if dtype.startswith(("INT", "UINT")) else None
+        bad = next((v for v in flat if info is not None and not info.min <= v <= info.max), None)
+        shown = "a value" if bad is None else f"value {bad!r}"
+        raise InputError(f"{where}: {shown} is out of range for {dtype}", status=422) from None
 
 
 def _fits(v: Any, dtype: str) -> bool:

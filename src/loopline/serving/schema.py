@@ -27,6 +27,12 @@ _DTYPES: dict[str, Any] = {
 }
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
+# the model reads numbers as float64 (the fast path's matrix, scikit-learn, LightGBM, monitoring), which
+# holds every integer exactly only up to 2**53: an int64 beyond it would be predicted on as another number
+EXACT_INT = 2**53
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+UNREPRESENTABLE = 422  # a value of the right JSON type that the column's type cannot hold (400: wrong shape or type)
 
 
 class InputError(Exception):
@@ -93,15 +99,15 @@ def convert_column(col: Column, values: list[Any] | np.ndarray, *, from_text: bo
             t = type(v)
             if t is float:
                 if v in (math.inf, -math.inf):
-                    raise InputError(f"column {col.name!r}: infinite value{_row_hint(i)}; expected a finite {kind}")
-            elif t is int or v is None:
-                continue
-            else:
+                    raise _unrepresentable(col, v, i, f"infinite; expected a finite {kind}")
+                if kind == "float" and abs(v) > _FLOAT32_MAX:
+                    raise _unrepresentable(col, v, i, "out of range for float (32-bit)")
+            elif t is int:
+                if abs(v) > (_FLOAT64_MAX if kind == "double" else _FLOAT32_MAX):
+                    raise _unrepresentable(col, v, i, f"out of range for {kind}")
+            elif v is not None:
                 raise InputError(f"column {col.name!r}: {_show(v)}{_row_hint(i)} is {_kind_of(v)}, expected {kind}")
-        try:
-            return np.array([math.nan if v is None else v for v in values], dtype=col.dtype)
-        except OverflowError:
-            raise InputError(f"column {col.name!r}: a value is too large for {kind}") from None
+        return np.array([math.nan if v is None else v for v in values], dtype=col.dtype)
     if kind in ("long", "integer"):
         lo, hi = _INT32 if kind == "integer" else _INT64
         out: list[int] = []
@@ -112,11 +118,16 @@ def convert_column(col: Column, values: list[Any] | np.ndarray, *, from_text: bo
             elif t is float and math.isfinite(v) and v.is_integer():
                 iv = int(v)
             elif v is None or (t is float and math.isnan(v)):
-                raise InputError(f"column {col.name!r}: null/NaN{_row_hint(i)} in an integer ({kind}) column")
+                raise _unrepresentable(col, "null/NaN" if v is None else "NaN", i, f"in an integer ({kind}) column")
+            elif t is float:
+                why = "not an integer" if math.isfinite(v) else "infinite"
+                raise _unrepresentable(col, v, i, f"{why}; expected {kind}")
             else:
                 raise InputError(f"column {col.name!r}: {_show(v)}{_row_hint(i)} is {_kind_of(v)}, expected {kind}")
             if not lo <= iv <= hi:
-                raise InputError(f"column {col.name!r}: {iv}{_row_hint(i)} is out of range for {kind}")
+                raise _unrepresentable(col, iv, i, f"out of range for {kind}")
+            if abs(iv) > EXACT_INT:
+                raise _unrepresentable(col, iv, i, _BEYOND_EXACT)
             out.append(iv)
         return np.array(out, dtype=col.dtype)
     if kind == "boolean":
@@ -143,18 +154,22 @@ def _convert_array(col: Column, arr: np.ndarray) -> np.ndarray:
     if kind in ("double", "float"):
         if arr.dtype.kind not in "fiu":
             raise InputError(f"column {col.name!r}: got {arr.dtype} data, expected {kind}")
-        out = arr.astype(col.dtype, copy=False)
-        if np.isinf(out).any():
-            raise InputError(f"column {col.name!r}: infinite value; expected a finite {kind}")
+        with np.errstate(over="ignore"):
+            out = arr.astype(col.dtype, copy=False)
+        _first_bad(col, arr, np.isinf(out), f"infinite or out of range; expected a finite {kind}")
         return out
     if kind in ("long", "integer"):
         if arr.dtype.kind == "f":
-            if np.isnan(arr).any():
-                raise InputError(f"column {col.name!r}: NaN in an integer ({kind}) column")
-            if not np.all(np.isfinite(arr)) or not np.all(arr == np.floor(arr)):
-                raise InputError(f"column {col.name!r}: non-integer values, expected {kind}")
+            _first_bad(col, arr, np.isnan(arr), f"in an integer ({kind}) column")
+            _first_bad(col, arr, ~np.isfinite(arr) | (arr != np.floor(arr)), f"not an integer; expected {kind}")
         elif arr.dtype.kind not in "iu":
             raise InputError(f"column {col.name!r}: got {arr.dtype} data, expected {kind}")
+        lo, hi = _INT32 if kind == "integer" else (-EXACT_INT, EXACT_INT)
+        with np.errstate(invalid="ignore"):
+            wide = arr.astype(np.float64)  # uint64 and int64 alike, no wrap-around
+        _first_bad(
+            col, arr, (wide < lo) | (wide > hi), f"out of range for {kind}" if kind == "integer" else _BEYOND_EXACT
+        )
         return arr.astype(col.dtype)
     if kind == "boolean":
         if arr.dtype.kind != "b":
@@ -165,6 +180,24 @@ def _convert_array(col: Column, arr: np.ndarray) -> np.ndarray:
             raise InputError(f"column {col.name!r}: got {arr.dtype} data, expected string")
         return np.array([v.decode() if isinstance(v, bytes) else str(v) for v in arr.tolist()], dtype=object)
     return arr
+
+
+_BEYOND_EXACT = (
+    f"beyond +-2**53 ({EXACT_INT}): the model reads numbers as float64, which cannot hold this integer exactly"
+)
+
+
+def _unrepresentable(col: Column, value: Any, i: int, why: str) -> InputError:
+    shown = value if isinstance(value, str) and value in ("null/NaN", "NaN") else _show(value)
+    return InputError(f"column {col.name!r}: {shown}{_row_hint(i)} is {why}", status=UNREPRESENTABLE)
+
+
+def _first_bad(col: Column, arr: np.ndarray, bad: np.ndarray, why: str) -> None:
+    """A 422 naming the first value of ``arr`` where ``bad`` is set (nothing when none is)."""
+    if bad.any():
+        i = int(np.argmax(bad))
+        v = arr[i].item()
+        raise _unrepresentable(col, "NaN" if isinstance(v, float) and math.isnan(v) else v, i, why)
 
 
 def _parse_text(col: Column, v: Any, i: int) -> Any:
@@ -232,4 +265,29 @@ def convert_columns(sig: Signature, raw: dict[str, Any], n: int, *, from_text: b
                 raise InputError(f"missing column {col.name!r}; the model needs: {', '.join(sig.names)}")
             continue
         out[col.name] = convert_column(col, values, from_text=from_text)
+    return out
+
+
+def event_times(name: str, values: list[Any]) -> np.ndarray:
+    """The event-time column (``model.time_column``) sent beside the inputs: ISO-8601 text (naive = UTC) ->
+    ``datetime64[us]`` in UTC (NaT for null), so the log holds a timestamp that event-time windows can
+    read; anything else is a 422 naming the column, row and value."""
+    from datetime import UTC, datetime
+
+    out = np.empty(len(values), dtype="datetime64[us]")
+    for i, v in enumerate(values):
+        if v is None:
+            out[i] = np.datetime64("NaT")
+            continue
+        try:
+            if not isinstance(v, str):
+                raise ValueError
+            t = datetime.fromisoformat(v)
+        except ValueError:
+            raise InputError(
+                f"column {name!r}: {_show(v)}{_row_hint(i)} is not an ISO-8601 datetime (model.time_column)",
+                status=UNREPRESENTABLE,
+            ) from None
+        t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+        out[i] = np.datetime64(t.replace(tzinfo=None), "us")
     return out

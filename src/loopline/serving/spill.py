@@ -39,6 +39,8 @@ class SpillFolder:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock_file: IO[bytes] | None = None
+        # files put back from a dead committer's claims: it may have committed them before it died
+        self.reclaimed: set[str] = set()
 
     # ------------------------------------------------------------------ files
     def put(self, table: pa.Table, *, rejected: bool = False) -> Path:
@@ -130,7 +132,8 @@ class SpillFolder:
                 try:
                     self.release(p)
                 except OSError:
-                    pass
+                    continue
+                self.reclaimed.add(self.original(p).name)
 
     # ------------------------------------------------------------------ the committer lock
     @property
