@@ -42,4 +42,4 @@ bench: $(DEV_STAMP)
 	$(PY) bench/cli_startup.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/bikeshare/.loopline
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/*/.loopline

@@ -346,3 +346,21 @@ def _features_frame(p: Any) -> Any:
     from loopline.tables import DeltaStore
 
     return DeltaStore(p.storage_root).read("features").to_pandas()
+
+
+def test_training_on_integer_inputs_prints_no_mlflow_signature_hint(tmp_path: Path) -> None:
+    """MLflow's "Inferred schema contains integer column(s)" hint is noise for loopline users (the server
+    answers 400 on a null integer by design): training, and so every loop turn and replay window, stays quiet."""
+    import warnings
+
+    import pyarrow as pa
+
+    p = make_project(tmp_path)
+    store = DeltaStore(p.storage_root)
+    t = store.read("features")
+    store.overwrite("features", t.append_column("n", pa.array([i % 7 for i in range(t.num_rows)], pa.int64())))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(p)
+    hints = [str(w.message)[:80] for w in caught if "integer column" in str(w.message)]
+    assert hints == []

@@ -369,7 +369,9 @@ def _log_model(project: Project, model: Any, X_example: pd.DataFrame, spec: Labe
             preds = model.predict(X_example)
     except Exception:
         preds = None
-    signature = infer_signature(X_example, preds) if preds is not None else infer_signature(X_example)
+    with warnings.catch_warnings():  # the integer-column hint: the server answers 400 on NaN there, by design
+        warnings.simplefilter("ignore", UserWarning)
+        signature = infer_signature(X_example, preds) if preds is not None else infer_signature(X_example)
     serialization, trusted = "skops", None
     try:
         import skops.io as sio
