@@ -19,6 +19,16 @@ import pytest
 from _support import PG_ADMIN_DB, PG_HOST, PG_PORT, PG_USER, free_port, run_cli, skip_or_fail
 
 
+@pytest.fixture(autouse=True)
+def _restore_umask() -> Iterator[None]:
+    """A command run in-process (typer's CliRunner) sets the private umask of a loaded project for the rest of
+    the process, as the CLI does for its own: give every test the umask it started with."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    yield
+    os.umask(mask)
+
+
 @pytest.fixture
 def port() -> int:
     return free_port()
