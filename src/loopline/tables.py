@@ -39,6 +39,10 @@ TABLE_NAMES = (
 DEFAULT_BATCH_ROWS = 131_072
 ArrowData: TypeAlias = pa.Table | pa.RecordBatchReader | pa.RecordBatch
 
+# delta-rs holds a whole row group in memory while writing, and a reader decodes one at a time: its default
+# of 1M rows made every streamed write and scan hold ~100-300 MB; 128k rows keep both flat.
+ROW_GROUP_ROWS = 131_072
+
 
 @dataclass(frozen=True)
 class TableInfo:
@@ -174,7 +178,7 @@ class DeltaStore:
 
     # ------------------------------------------------------------------ writes (one commit each)
     def _write(self, name: str, data: ArrowData, mode: str, predicate: str | None = None, **meta: Any) -> int:
-        from deltalake import write_deltalake
+        from deltalake import WriterProperties, write_deltalake
 
         if isinstance(data, pa.RecordBatch):
             data = pa.Table.from_batches([data])
@@ -188,6 +192,7 @@ class DeltaStore:
                 schema_mode="merge" if mode == "append" or predicate else "overwrite",
                 storage_options=self.storage_options,
                 commit_properties=props,
+                writer_properties=WriterProperties(max_row_group_size=ROW_GROUP_ROWS),
             )
         except Exception as exc:
             raise TableError(f"writing table {name!r} ({mode}) failed: {exc}") from exc
@@ -288,7 +293,11 @@ class DeltaStore:
                     f"table {name!r} has no column(s) {missing}",
                     hint=f"its columns: {', '.join(dataset.schema.names)}",
                 )
-        scanner = dataset.scanner(columns=columns, filter=filter, batch_size=batch_size)
+        # pyarrow reads ahead 16 batches of each of 4 files by default: a reader that streams to bound memory
+        # would hold up to 64 batches; one batch and one file ahead keep the pipeline busy and memory flat
+        scanner = dataset.scanner(
+            columns=columns, filter=filter, batch_size=batch_size, batch_readahead=1, fragment_readahead=1
+        )
         return scanner.to_reader()
 
     def read(self, name: str, **kwargs: Any) -> pa.Table:

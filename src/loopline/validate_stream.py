@@ -89,34 +89,45 @@ class StagedRows:
 
 
 def batch_stats(store: DeltaStore, batch_id: str, columns: list[str], contract: ContractConfig) -> BatchStats:
-    """Whole-batch figures from DuckDB over ``raw`` (streamed, spilling to disk past its memory limit)."""
+    """Whole-batch figures, streamed: counts batch by batch with Arrow, duplicates of each ``unique`` column by
+    DuckDB over that one column's stream (spilling to disk past its memory limit)."""
+    import pyarrow.dataset as ds
+
+    from loopline import validate as v
+
+    typed = [c for c in contract.columns if c in columns and ERRORS in store.schema("raw").names]
+    where = ds.field("_batch_id") == batch_id
+    rows, non_null, type_errors = 0, dict.fromkeys(columns, 0), dict.fromkeys(typed, 0)
+    scan = store.scan("raw", columns=columns + ([ERRORS] if typed else []), filter=where, batch_size=v.CHUNK_ROWS)
+    for batch in scan:
+        rows += batch.num_rows
+        for c in columns:
+            non_null[c] += batch.num_rows - batch.column(c).null_count
+        if typed:
+            for text in batch.column(ERRORS).drop_null().to_pylist():  # the rare rows with a type error
+                errors = json.loads(text)
+                for c in typed:
+                    type_errors[c] += errors.get(c) is not None
+    dups = {}
+    for c, spec in contract.columns.items():
+        if spec.unique and c in columns:
+            dups.update(_duplicates(store, where, c))
+    return BatchStats(rows, non_null, type_errors, dups)
+
+
+def _duplicates(store: DeltaStore, where: Any, column: str) -> dict[str, pa.Array]:
+    """The values of ``column`` found more than once in the batch (one column streamed into DuckDB)."""
     import duckdb
 
-    schema = store.schema("raw")
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config={"memory_limit": "256MB"})  # past it, the GROUP BY spills
     try:
-        con.execute("SET memory_limit = '512MB'")
-        con.register("raw", store.dataset("raw"))
-        where = "_batch_id = ?"
-        exprs = ["count(*)"] + [f"count({quote(c)})" for c in columns]
-        typed = [c for c in contract.columns if c in columns and ERRORS in schema.names]
-        exprs += [f"count(json_extract_string({ERRORS}, '$.' || {_lit(json.dumps(c))}))" for c in typed]
-        row = con.execute(f"SELECT {', '.join(exprs)} FROM raw WHERE {where}", [batch_id]).fetchall()[0]
-        assert row is not None
-        dups = {}
-        for c, spec in contract.columns.items():
-            if spec.unique and c in columns:
-                q = quote(c)
-                sql = f"SELECT {q} FROM raw WHERE {where} AND {q} IS NOT NULL GROUP BY {q} HAVING count(*) > 1"
-                values = con.sql(sql, params=[batch_id]).to_arrow_table().column(0).combine_chunks()
-                if len(values):
-                    dups[c] = values
+        con.register("col", store.scan("raw", columns=[column], filter=where))
+        q = quote(column)
+        sql = f"SELECT {q} FROM col WHERE {q} IS NOT NULL GROUP BY {q} HAVING count(*) > 1"
+        values = con.sql(sql).to_arrow_table().column(0).combine_chunks()
     finally:
         con.close()
-    n = len(columns)
-    return BatchStats(
-        int(row[0]), dict(zip(columns, row[1 : 1 + n], strict=True)), dict(zip(typed, row[1 + n :], strict=True)), dups
-    )
+    return {column: values} if len(values) else {}
 
 
 def _lit(value: str) -> str:
