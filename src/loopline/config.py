@@ -265,6 +265,13 @@ class GateConfig(_Model):
         description="With a champion, the candidate must not be worse on the first metric (on the same held-out "
         "newest rows, which neither model trained on); `min_improvement` rules add to this.",
     )
+    walk_forward: int | None = Field(
+        None,
+        ge=2,
+        description="Walk-forward evaluation: the held-out newest rows cut into this many consecutive folds, each "
+        "predicted by the candidate's parameters fit on every row before it (rolling origin); the gate compares "
+        "the pooled predictions with the champion's. Needs training.split.method: time.",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> GateConfig:
@@ -452,6 +459,8 @@ class LooplineConfig(_Model):
             raise ValueError("at most one of training.estimator or training.hook")
         if not self.environments:
             raise ValueError("at least one environment under `environments`")
+        if self.gate.walk_forward and self.training.split.method != "time":
+            raise ValueError("gate.walk_forward needs training.split.method: time (folds follow time)")
         return self
 
 

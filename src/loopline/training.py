@@ -410,6 +410,7 @@ def publish(
     names: list[str] | None = None,
     started: float | None = None,
     notes: list[str] | None = None,
+    walked: Output | None = None,
 ) -> tuple[str, str, dict[str, float], GateResult, list[str]]:
     """Inside the active MLflow run: metrics, tags, dataset, model, registered version, gate.
 
@@ -448,8 +449,8 @@ def publish(
     info = _log_model(project, model, p.test[p.input_columns].head(5), spec)
     version = str(info.registered_model_version)
     crash_point("registered")
-    candidate = None
-    if refit:
+    candidate = walked  # walk-forward predictions of the test rows (gate.walk_forward), else one evaluated fit
+    if refit and candidate is None:
         try:
             candidate = _output(evaluated, p.test[p.input_columns], spec)
         except Exception as exc:
@@ -562,11 +563,17 @@ def train(
         tuned, spec = trainer.finish(trainer.fit(p, params), p, notes)
         # ... judged after a fit on training + validation rows (the newest rows it can see) on the test rows ...
         evaluated = trainer.refit(p, params, spec, notes, pd.concat([p.train, p.valid], ignore_index=True))
+        walked = None
+        if project.config.gate.walk_forward:
+            from loopline.walkforward import walk_forward
+
+            walked = walk_forward(trainer, p, params, spec, notes, project.config.gate.walk_forward)
+            mlflow.set_tag("loopline.walk_forward_folds", str(project.config.gate.walk_forward if walked else 0))
         # ... and registered as a fit on every labelled row
         model = trainer.refit(p, params, spec, notes, p.all_rows()) if tc.refit else evaluated
         uri, version, metrics, result, notes = publish(
             project, model, p, params, spec, tuned=tuned, evaluated=evaluated, names=names, started=started,
-            notes=notes,
+            notes=notes, walked=walked,
         )  # fmt: skip
         run_id = run.info.run_id
     return TrainResult(
