@@ -296,7 +296,12 @@ class DeltaStore:
         # pyarrow reads ahead 16 batches of each of 4 files by default: a reader that streams to bound memory
         # would hold up to 64 batches; one batch and one file ahead keep the pipeline busy and memory flat
         scanner = dataset.scanner(
-            columns=columns, filter=filter, batch_size=batch_size, batch_readahead=1, fragment_readahead=1
+            columns=columns,
+            filter=filter,
+            batch_size=batch_size,
+            batch_readahead=1,
+            fragment_readahead=1,
+            fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
         )
         return scanner.to_reader()
 
