@@ -246,7 +246,14 @@ def run_pipeline(
     from loopline.validate import validate_batch
 
     store = store or DeltaStore(project.storage_root, project.storage_options)
-    step = on_stage or (lambda _name: None)
+
+    def step(name: str) -> None:
+        # Arrow's allocator keeps what a stage freed for reuse: handed back between stages, a stage's peak is
+        # not carried into the next one (RSS would otherwise grow with the batch)
+        pa.default_memory_pool().release_unused()
+        if on_stage is not None:
+            on_stage(name)
+
     step("ingest")
     ingested = ingest(project, source, store=store, params=params, batch_id=batch_id, opened=opened, precheck=True)
     step("validate")
@@ -263,6 +270,7 @@ def run_pipeline(
         time_column=project.config.model.time_column,
     )
     outcome.rows.close()
+    pa.default_memory_pool().release_unused()
     return PipelineResult(ingested, outcome.report, feats)
 
 

@@ -283,8 +283,10 @@ class DeltaStore:
         columns: list[str] | None = None,
         filter: ds.Expression | None = None,
         batch_size: int = DEFAULT_BATCH_ROWS,
+        threads: bool = True,
     ) -> pa.RecordBatchReader:
-        """Stream a table (at a version or timestamp) as Arrow record batches of bounded size."""
+        """Stream a table (at a version or timestamp) as Arrow record batches of bounded size (``threads``:
+        decode several batches at once; off, a scan holds one batch: what bounded-memory validation wants)."""
         dataset = self.dataset(name, version, timestamp)
         if columns:
             missing = [c for c in columns if c not in dataset.schema.names]
@@ -302,6 +304,7 @@ class DeltaStore:
             batch_readahead=1,
             fragment_readahead=1,
             fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
+            use_threads=threads,
         )
         return scanner.to_reader()
 

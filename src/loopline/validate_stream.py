@@ -98,7 +98,9 @@ def batch_stats(store: DeltaStore, batch_id: str, columns: list[str], contract: 
     typed = [c for c in contract.columns if c in columns and ERRORS in store.schema("raw").names]
     where = ds.field("_batch_id") == batch_id
     rows, non_null, type_errors = 0, dict.fromkeys(columns, 0), dict.fromkeys(typed, 0)
-    scan = store.scan("raw", columns=columns + ([ERRORS] if typed else []), filter=where, batch_size=v.CHUNK_ROWS)
+    scan = store.scan(
+        "raw", columns=columns + ([ERRORS] if typed else []), filter=where, batch_size=v.CHUNK_ROWS, threads=False
+    )
     for batch in scan:
         rows += batch.num_rows
         for c in columns:
@@ -121,7 +123,7 @@ def _duplicates(store: DeltaStore, where: Any, column: str) -> dict[str, pa.Arra
 
     con = duckdb.connect(":memory:", config={"memory_limit": "256MB"})  # past it, the GROUP BY spills
     try:
-        con.register("col", store.scan("raw", columns=[column], filter=where))
+        con.register("col", store.scan("raw", columns=[column], filter=where, threads=False))
         q = quote(column)
         sql = f"SELECT {q} FROM col WHERE {q} IS NOT NULL GROUP BY {q} HAVING count(*) > 1"
         values = con.sql(sql).to_arrow_table().column(0).combine_chunks()
@@ -233,7 +235,9 @@ def validate_chunks(
     failing = 0
     chunk_contract = _chunk_contract(contract)
     columns = user + ([ERRORS] if ERRORS in schema.names else [])
-    scan = store.scan("raw", columns=columns, filter=ds.field("_batch_id") == batch_id, batch_size=v.CHUNK_ROWS)
+    scan = store.scan(
+        "raw", columns=columns, filter=ds.field("_batch_id") == batch_id, batch_size=v.CHUNK_ROWS, threads=False
+    )
     try:
         for batch in scan:
             table = pa.Table.from_batches([batch])
