@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from loopline.compat import require
 from loopline.errors import LooplineError
 
 if TYPE_CHECKING:
@@ -510,7 +511,7 @@ def _server(project: Project) -> Iterator[str]:
     import socket
     import threading
 
-    import httpx
+    httpx = require("httpx", extra="replay")
     import uvicorn
 
     from loopline.serving.app import create_app
@@ -543,7 +544,7 @@ def _server(project: Project) -> Iterator[str]:
 
 def _send(url: str, project: Project, frame: pd.DataFrame, sample: int, seed: int) -> int:
     """``sample`` rows, one request each, through ``/invocations`` (with the keys, so feedback can join)."""
-    import httpx
+    httpx = require("httpx", extra="replay")
 
     cols = project.config.model.input_columns(list(frame.columns))
     keys = [k for k in project.config.model.keys if k not in cols]
@@ -557,7 +558,7 @@ def _send(url: str, project: Project, frame: pd.DataFrame, sample: int, seed: in
 
 
 def _post_feedback(url: str, keys: list[str], target: str, truth: pd.DataFrame) -> None:
-    import httpx
+    httpx = require("httpx", extra="replay")
 
     items = [
         {"keys": {k: _json(v) for k, v in zip(keys, row[:-1], strict=True)}, "label": _json(row[-1])}
@@ -629,6 +630,8 @@ def replay(
             f"the history makes {len(windows)} window(s); replaying needs more than the {initial} initial one(s)",
             hint="use shorter windows (--every / --rows) or fewer --initial windows",
         )
+    if rc.serve if serve is None else serve:
+        require("httpx", extra="replay")  # before any window runs
     base = parse_sets(sets)
     runs = [("current", base)] + [(p, _merge(base, rc.policies[p])) for p in policies]
     oracle: dict[int, float | None] = {}
