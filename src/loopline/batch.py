@@ -635,7 +635,6 @@ def batch_job(
     engine: str | None = None,
     input_batch: str | None = None,
     progress: ProgressFn | None = None,
-    **_: Any,
 ) -> BatchResult:
     """`loopline run batch` / the scheduled `batch` job."""
     return score(project, batch_id=batch_id, progress=progress, engine=engine, input_batch=input_batch)

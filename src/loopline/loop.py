@@ -381,5 +381,14 @@ def _refresh_data(project: Project, store: DeltaStore, log: Decisions, params: d
         log.add("labels", "ok", [f"{n} feature rows labelled from feedback", *skipped], rows=n)
 
 
-def loop_job(project: Project, **options: Any) -> LoopResult:
-    return loop(project, **options)
+def loop_job(
+    project: Project,
+    window: timedelta | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    scheduled: bool = False,
+    params: dict[str, Any] | None = None,
+    time: str | None = None,
+) -> LoopResult:
+    """The `loop` job (``loopline loop``, ``loopline run loop`` and the scheduler)."""
+    return loop(project, window=window, since=since, until=until, scheduled=scheduled, params=params, time=time)

@@ -571,6 +571,6 @@ def train(
     )
 
 
-def train_job(project: Project, data_version: int | None = None, **_: Any) -> TrainResult:
+def train_job(project: Project, data_version: int | None = None) -> TrainResult:
     """`loopline run train` / the scheduled `train` job: train, register and gate (a refusal is a result)."""
     return train(project, data_version=data_version)
