@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from loopline.display import repr_html
 from loopline.errors import LooplineError, MonitoringError, RegistryError
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ DECISIONS_SCHEMA = pa.schema(
 @dataclass
 class LoopResult:
     """What one turn of the loop decided (the same rows are in the ``decisions`` table)."""
+
+    _repr_html_ = repr_html  # the notebook view: loopline.display
 
     loop_id: str
     triggers: list[str]

@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from loopline.compat import require
+from loopline.display import repr_html
 from loopline.errors import LooplineError
 
 if TYPE_CHECKING:
@@ -118,6 +119,8 @@ class PolicyResult:
 
 @dataclass
 class ReplayResult:
+    _repr_html_ = repr_html  # the notebook view: loopline.display
+
     replay_id: str
     metric: str
     lower_is_better: bool

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from loopline import estimators
 from loopline.compat import delta_dataset, require
+from loopline.display import repr_html
 from loopline.errors import ConfigError, HookError, TrainingError
 from loopline.evaluation import (
     GateResult,
@@ -51,6 +52,8 @@ __all__ = ["FEATURES", "TrainResult", "prepare", "read_features", "split_frame",
 @dataclass
 class TrainResult:
     """What one training job produced (rendered the same in the CLI and as JSON)."""
+
+    _repr_html_ = repr_html  # the notebook view: loopline.display
 
     run_id: str
     model: str
