@@ -15,7 +15,7 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[all]"
 	# the demo's real data ships inside ISLP; its own dependencies (torch) are not needed to read the CSV
 	$(PIP) install -q --no-deps ISLP==0.6.0
 	touch $@

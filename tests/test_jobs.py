@@ -104,6 +104,26 @@ def test_failed_plain_exception_records_type_and_message(project: Project) -> No
     assert run_history(project)[0].error == "ValueError: bad value 42"
 
 
+@pytest.mark.parametrize("job", sorted(JOB_FUNCTIONS))
+def test_every_job_refuses_an_unknown_option_by_name_and_records_nothing(project: Project, job: str) -> None:
+    """A misspelt option used to be swallowed by ``**_`` (a train run with ``data_verison=3`` trained on the
+    latest data)."""
+    with pytest.raises(JobError, match=rf"job '{job}' has no option 'data_verison'") as info:
+        run_job(project, job, data_verison=3)
+    assert info.value.hint is not None and info.value.hint.startswith(f"options of {job}:")
+    assert run_history(project) == []
+
+
+def test_unknown_options_are_all_named_with_the_known_ones(project: Project) -> None:
+    with pytest.raises(JobError, match=r"job 'train' has no options 'fast', 'rows'") as info:
+        run_job(project, "train", fast=True, rows=3, data_version=1)
+    assert info.value.hint == "options of train: data_version"
+
+
+def test_a_job_taking_any_keyword_is_not_checked(project: Project) -> None:
+    assert run_job(project, "ingest", functions={"ingest": ok_job}, anything=1).status == "ok"
+
+
 def test_unknown_job_is_refused_and_not_recorded(project: Project) -> None:
     with pytest.raises(JobError, match=r"unknown job 'nope'"):
         run_job(project, "nope")

@@ -14,15 +14,28 @@ from loopline.errors import LooplineError
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 if TYPE_CHECKING:
+    from loopline.api import Environment, open
     from loopline.config import LooplineConfig, Project, load_project
 
 __version__ = "0.1.0"
-__all__ = ["LooplineConfig", "LooplineError", "Project", "__version__", "load_project"]
+__all__ = ["Environment", "LooplineConfig", "LooplineError", "Project", "__version__", "load_project", "open"]
+
+_LAZY = {
+    "Environment": "loopline.api",
+    "open": "loopline.api",
+    "LooplineConfig": "loopline.config",
+    "Project": "loopline.config",
+    "load_project": "loopline.config",
+}
 
 
-def __getattr__(name: str) -> Any:  # lazy: `loopline --help` must not pay for pydantic models
-    if name in ("LooplineConfig", "Project", "load_project"):
-        from loopline import config
+def __getattr__(name: str) -> Any:  # lazy: `import loopline` and `loopline --help` must not pay for pydantic
+    if name in _LAZY:
+        import importlib
 
-        return getattr(config, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'loopline' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

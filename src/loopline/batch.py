@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from loopline.display import repr_html
 from loopline.errors import BatchError, LooplineError, TableError
 from loopline.tables import DeltaStore, batches
 
@@ -58,6 +59,8 @@ _NO_NULLS = {"long", "integer", "boolean"}  # pandas cannot hold nulls in these 
 @dataclass(frozen=True)
 class BatchResult:
     """What one batch-scoring job did."""
+
+    _repr_html_ = repr_html  # the notebook view: loopline.display
 
     batch_id: str
     rows: int
@@ -635,7 +638,6 @@ def batch_job(
     engine: str | None = None,
     input_batch: str | None = None,
     progress: ProgressFn | None = None,
-    **_: Any,
 ) -> BatchResult:
     """`loopline run batch` / the scheduled `batch` job."""
     return score(project, batch_id=batch_id, progress=progress, engine=engine, input_batch=input_batch)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import re
 from typing import TYPE_CHECKING, Any
 
 from loopline.errors import ConfigError, TrainingError
@@ -37,6 +36,15 @@ def resolve_estimator(path: str, file: str) -> type:
         module = importlib.import_module(module_name)
         cls = getattr(module, cls_name)
     except (ImportError, AttributeError, ValueError) as exc:
+        from loopline.compat import EXTRAS
+
+        missing = (getattr(exc, "name", None) or "").split(".")[0]
+        if isinstance(exc, ModuleNotFoundError) and missing in EXTRAS:
+            dist, extra = EXTRAS[missing]
+            raise ConfigError(
+                f"{file}: training.estimator {path!r} needs {dist}, which is not installed",
+                hint=f'pip install "loopline[{extra}]"',
+            ) from None
         raise ConfigError(
             f"{file}: training.estimator {path!r} cannot be imported ({exc})",
             hint="give a class path like sklearn.ensemble.HistGradientBoostingRegressor or lightgbm.LGBMRegressor",
@@ -59,19 +67,12 @@ def validate_params(cls: type, params: dict[str, Any], file: str, key: str = "tr
             for k, v in params.items()
             if k not in names
         ]
-    constraints = getattr(cls, "_parameter_constraints", None)
-    if isinstance(constraints, dict):
-        from sklearn.utils._param_validation import InvalidParameterError, validate_parameter_constraints
+    from loopline.compat import sklearn_param_problem
 
-        for k, v in params.items():
-            if k not in constraints:
-                continue
-            try:
-                validate_parameter_constraints({k: constraints[k]}, {k: v}, caller_name=cls.__name__)
-            except InvalidParameterError as exc:
-                m = re.search(r"must be (.*)\. Got (.*) instead\.", str(exc), re.S)
-                what, got = (m.group(1), m.group(2)) if m else (str(exc), repr(v))
-                problems.append(f"{file}: {key}.{k} must be {what}, got {got}")
+    for k, v in params.items():
+        problem = sklearn_param_problem(cls, k, v)
+        if problem is not None:
+            problems.append(f"{file}: {key}.{k} must be {problem[0]}, got {problem[1]}")
     if problems:
         raise ConfigError("\n".join(problems), hint=f"parameters of {cls.__name__}: {', '.join(names)}")
 

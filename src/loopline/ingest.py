@@ -292,7 +292,6 @@ def ingest_job(
     params: dict[str, Any] | list[str] | None = None,
     batch_id: str | None = None,
     on_stage: Callable[[str], None] | None = None,
-    **_: Any,
 ) -> PipelineResult:
     """The `ingest` job: :func:`run_pipeline` on ``source`` (default: the first configured)."""
     from loopline.sources import parse_params

@@ -28,6 +28,7 @@ import contextvars
 import dataclasses
 import fcntl
 import importlib
+import inspect
 import logging
 import os
 import socket
@@ -223,6 +224,24 @@ def resolve_job(name: str, functions: Functions | None = None) -> JobFunction:
     return fn  # type: ignore[no-any-return]
 
 
+def check_options(name: str, fn: JobFunction, options: Mapping[str, Any]) -> None:
+    """Raise JobError naming every option ``fn`` does not take (its first parameter is the project)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())[1:]
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    known = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise JobError(
+            f"job {name!r} has no option{'s' if len(unknown) > 1 else ''} {names}",
+            hint=f"options of {name}: {', '.join(known) or '(none)'}",
+        )
+
+
 class JobLock:
     """An exclusive, non-blocking ``flock`` on ``<state_dir>/locks/<job>.lock`` (one job, one env)."""
 
@@ -280,6 +299,13 @@ class JobRunner:
         """
         if name not in (JOB_FUNCTIONS if self.functions is None else self.functions):
             resolve_job(name, self.functions)  # raises JobError naming the known jobs
+        fn: JobFunction | None = None
+        try:
+            fn = resolve_job(name, self.functions)
+        except JobError:
+            pass  # not importable: recorded as the run's failure below
+        else:
+            check_options(name, fn, options or {})  # an unknown option: JobError, nothing recorded
         run_id = uuid.uuid4().hex
         lock = JobLock.for_job(self.project, name)
         started = self._now()
@@ -302,7 +328,7 @@ class JobRunner:
             from loopline.recovery import recover
 
             recover(self.project, name, mlflow=self.functions is None)
-            fn = resolve_job(name, self.functions)
+            fn = fn or resolve_job(name, self.functions)
             result = fn(self.project, **dict(options or {}))
         except BaseException as exc:  # recorded; KeyboardInterrupt is re-raised below
             status, error = "failed", exc

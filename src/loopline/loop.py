@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from loopline.display import repr_html
 from loopline.errors import LooplineError, MonitoringError, RegistryError
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ DECISIONS_SCHEMA = pa.schema(
 @dataclass
 class LoopResult:
     """What one turn of the loop decided (the same rows are in the ``decisions`` table)."""
+
+    _repr_html_ = repr_html  # the notebook view: loopline.display
 
     loop_id: str
     triggers: list[str]
@@ -381,5 +384,14 @@ def _refresh_data(project: Project, store: DeltaStore, log: Decisions, params: d
         log.add("labels", "ok", [f"{n} feature rows labelled from feedback", *skipped], rows=n)
 
 
-def loop_job(project: Project, **options: Any) -> LoopResult:
-    return loop(project, **options)
+def loop_job(
+    project: Project,
+    window: timedelta | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    scheduled: bool = False,
+    params: dict[str, Any] | None = None,
+    time: str | None = None,
+) -> LoopResult:
+    """The `loop` job (``loopline loop``, ``loopline run loop`` and the scheduler)."""
+    return loop(project, window=window, since=since, until=until, scheduled=scheduled, params=params, time=time)

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 
+from loopline.compat import require
 from loopline.errors import LooplineError
 from loopline.tables import DeltaStore, batches
 
@@ -112,7 +113,7 @@ def _target(name: str) -> tuple[str | None, str]:
 
 
 def _connect(url: str) -> Any:
-    import psycopg
+    psycopg = require("psycopg", extra="postgres")
 
     safe = redact(url)
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -149,7 +150,7 @@ def publish(
     project: Project, table: str = "predictions", to: str = "", target_table: str | None = None
 ) -> PublishResult:
     """Upsert the current snapshot of ``table`` into PostgreSQL at ``to`` (one transaction, idempotent)."""
-    import psycopg
+    psycopg = require("psycopg", extra="postgres")
     from psycopg import sql
 
     started = time.perf_counter()

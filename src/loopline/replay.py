@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from loopline.compat import require
+from loopline.display import repr_html
 from loopline.errors import LooplineError
 
 if TYPE_CHECKING:
@@ -117,6 +119,8 @@ class PolicyResult:
 
 @dataclass
 class ReplayResult:
+    _repr_html_ = repr_html  # the notebook view: loopline.display
+
     replay_id: str
     metric: str
     lower_is_better: bool
@@ -510,7 +514,7 @@ def _server(project: Project) -> Iterator[str]:
     import socket
     import threading
 
-    import httpx
+    httpx = require("httpx", extra="replay")
     import uvicorn
 
     from loopline.serving.app import create_app
@@ -543,7 +547,7 @@ def _server(project: Project) -> Iterator[str]:
 
 def _send(url: str, project: Project, frame: pd.DataFrame, sample: int, seed: int) -> int:
     """``sample`` rows, one request each, through ``/invocations`` (with the keys, so feedback can join)."""
-    import httpx
+    httpx = require("httpx", extra="replay")
 
     cols = project.config.model.input_columns(list(frame.columns))
     keys = [k for k in project.config.model.keys if k not in cols]
@@ -557,7 +561,7 @@ def _send(url: str, project: Project, frame: pd.DataFrame, sample: int, seed: in
 
 
 def _post_feedback(url: str, keys: list[str], target: str, truth: pd.DataFrame) -> None:
-    import httpx
+    httpx = require("httpx", extra="replay")
 
     items = [
         {"keys": {k: _json(v) for k, v in zip(keys, row[:-1], strict=True)}, "label": _json(row[-1])}
@@ -629,6 +633,8 @@ def replay(
             f"the history makes {len(windows)} window(s); replaying needs more than the {initial} initial one(s)",
             hint="use shorter windows (--every / --rows) or fewer --initial windows",
         )
+    if rc.serve if serve is None else serve:
+        require("httpx", extra="replay")  # before any window runs
     base = parse_sets(sets)
     runs = [("current", base)] + [(p, _merge(base, rc.policies[p])) for p in policies]
     oracle: dict[int, float | None] = {}

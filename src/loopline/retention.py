@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loopline.errors import ConfigError
 from loopline.tables import DeltaStore, RetentionResult
@@ -49,5 +49,5 @@ def apply_retention(project: Project, now: datetime | None = None) -> list[Reten
     return results
 
 
-def retention_job(project: Project, **_: Any) -> list[RetentionResult]:
+def retention_job(project: Project) -> list[RetentionResult]:
     return apply_retention(project)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loopline import tracking
+from loopline.display import repr_html
 from loopline.errors import LooplineError, RegistryError
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class ReviewFlag:
 @dataclass
 class StatusReport:
     """Everything `loopline status` shows; ``to_dict`` is its ``--json`` form."""
+
+    _repr_html_ = repr_html  # the notebook view: loopline.display
 
     project: str
     env: str

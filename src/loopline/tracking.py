@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+from loopline.compat import require
 from loopline.errors import LooplineError, RegistryError
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def _probe(uri: str, timeout: float) -> str | None:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             return str(getattr(exc, "reason", exc))
     if scheme.split("+")[0] in ("postgresql", "postgres"):
-        import psycopg
+        psycopg = require("psycopg", extra="postgres")
 
         try:
             psycopg.connect(_libpq(uri), connect_timeout=max(1, round(timeout))).close()

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loopline import estimators
+from loopline.compat import delta_dataset, require
+from loopline.display import repr_html
 from loopline.errors import ConfigError, HookError, TrainingError
 from loopline.evaluation import (
     GateResult,
@@ -50,6 +52,8 @@ __all__ = ["FEATURES", "TrainResult", "prepare", "read_features", "split_frame",
 @dataclass
 class TrainResult:
     """What one training job produced (rendered the same in the CLI and as JSON)."""
+
+    _repr_html_ = repr_html  # the notebook view: loopline.display
 
     run_id: str
     model: str
@@ -219,6 +223,8 @@ def _search(
     import math
 
     import mlflow
+
+    require("optuna", extra="tune")  # missing: MissingDependency names `pip install "loopline[tune]"`
     import optuna
 
     sc = project.config.training.search
@@ -332,31 +338,6 @@ def _pinned(dist: str) -> str | None:
         return None
 
 
-def _dataset(df: pd.DataFrame, uri: str, version: int, target: str) -> Any:
-    from mlflow.data.delta_dataset_source import DeltaDatasetSource
-    from mlflow.data.pandas_dataset import from_pandas
-
-    class _Source(DeltaDatasetSource):
-        """DeltaDatasetSource that keeps version 0 (MLflow's to_dict drops a falsy version)."""
-
-        def to_dict(self) -> dict[Any, Any]:
-            d = super().to_dict()
-            d["delta_table_version"] = self.delta_table_version
-            return d
-
-    source = _Source(path=uri, delta_table_version=version)
-    dataset = from_pandas(df, source=source, name=FEATURES, targets=target)
-    # MLflow infers the dataset schema value by value (~1 s per 20k rows x 20 columns); the columns are
-    # typed by Delta, so a sample gives the same schema. Pre-fill the cached property.
-    try:
-        from mlflow.models import infer_signature
-
-        dataset.__dict__["schema"] = infer_signature(df.head(100)).inputs
-    except Exception:
-        pass
-    return dataset
-
-
 # ----------------------------------------------------------------------------- log, register, gate
 def _log_model(project: Project, model: Any, X_example: pd.DataFrame, spec: LabelSpec) -> Any:
     import warnings
@@ -445,7 +426,9 @@ def publish(
         mlflow.log_params({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in params.items()})
     with warnings.catch_warnings():  # MLflow's integer-column hint is about model signatures, not datasets
         warnings.simplefilter("ignore", UserWarning)
-        mlflow.log_input(_dataset(p.all_rows(), p.features_uri, p.features_version, p.target), context="training")
+        mlflow.log_input(
+            delta_dataset(p.all_rows(), p.features_uri, p.features_version, p.target, FEATURES), context="training"
+        )
     info = _log_model(project, model, p.test[p.input_columns].head(5), spec)
     version = str(info.registered_model_version)
     crash_point("registered")
@@ -598,6 +581,6 @@ def train(
     )
 
 
-def train_job(project: Project, data_version: int | None = None, **_: Any) -> TrainResult:
+def train_job(project: Project, data_version: int | None = None) -> TrainResult:
     """`loopline run train` / the scheduled `train` job: train, register and gate (a refusal is a result)."""
     return train(project, data_version=data_version)

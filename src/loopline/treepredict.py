@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from loopline.compat import gtil_predictor as _gtil_predictor
+
 log = logging.getLogger("loopline.treepredict")
 
 # scikit-learn's classic trees compare float32 features with float64 thresholds
@@ -92,21 +94,6 @@ def _softmax(margins: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _gtil_predictor(model: Any, nthread: int, predict_type: str = "default") -> Any:
-    """``gtil.predict(model, X, nthread=...)`` with its configuration parsed once: the public function
-    serializes and parses a JSON config on every call (~10% of a one-row request). Falls back to the
-    public function if Treelite's internals moved."""
-    from treelite import gtil
-
-    try:
-        from treelite.gtil.gtil import GTILConfig, _predict_impl
-
-        config = GTILConfig(nthread=nthread, predict_type=predict_type)
-    except (ImportError, TypeError, AttributeError):
-        return lambda X: gtil.predict(model, X, nthread=nthread, pred_margin=predict_type == "raw")
-    return lambda X: _predict_impl(model, X, config=config)
-
-
 def compile_trees(estimator: Any, nthread: int = 1) -> TreePredictor | None:
     """A Treelite predictor for a supported fitted ensemble, else None (never raises)."""
     name = type(estimator).__name__
@@ -115,6 +102,9 @@ def compile_trees(estimator: Any, nthread: int = 1) -> TreePredictor | None:
     if name.endswith("Classifier") and getattr(estimator, "classes_", None) is None:
         return None
     try:
+        from loopline.compat import require
+
+        require("treelite.sklearn", extra="fast")  # not installed: logged below with its pip line
         import treelite
         import treelite.sklearn
 

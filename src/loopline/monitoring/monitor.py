@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from loopline.display import repr_html
 from loopline.errors import MonitoringError
 from loopline.monitoring.drift import (
     DEFAULT_SAMPLE_SIZE,
@@ -117,6 +118,8 @@ PREDICTED = "predicted="
 @dataclass
 class MonitorResult:
     """What one monitoring check found; rendered the same way in the CLI, the report and JSON."""
+
+    _repr_html_ = repr_html  # the notebook view: loopline.display
 
     checked_at: datetime
     window_start: datetime
