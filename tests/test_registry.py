@@ -274,3 +274,38 @@ def test_concurrent_promotes_are_serialised_and_record_the_true_from_version(tmp
     first, second = reversed([(r.from_version, r.to_version) for r in registry.history(p)[:2]])
     assert first[0] == "1" and second[0] == first[1], (first, second)
     assert champion(p) == second[1]
+
+
+def test_the_object_store_lock_serialises_holders_across_processes(tmp_path: Path) -> None:
+    """The registered-model tag lock (storage roots on object stores): holders in three processes never overlap,
+    and the tag is gone afterwards."""
+    import itertools
+    import json
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    p = make_project(tmp_path, {"gate": {"thresholds": None, "min_improvement": None}})
+    train(p)  # the registered model carries the tag
+    log = tmp_path / "holds.jsonl"
+    script = textwrap.dedent(
+        f"""
+        import json, sys, time
+        from loopline.config import load_project
+        from loopline.registry_lock import _tag_lock
+        p = load_project({str(tmp_path)!r}, "dev")
+        with _tag_lock(p, sys.argv[1], 60):
+            t0 = time.time(); time.sleep(1.0)
+            with open({str(log)!r}, "a") as f:
+                f.write(json.dumps([t0, time.time()]) + "\\n")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, f"w{i}"], env=env) for i in range(3)]
+    assert [pr.wait(timeout=120) for pr in procs] == [0, 0, 0]
+    holds = sorted(json.loads(line) for line in log.read_text().splitlines())
+    assert len(holds) == 3
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(holds)), holds
+    tags = tracking.client(p).get_registered_model(p.registered_model).tags
+    assert "loopline.registry_lock" not in tags
