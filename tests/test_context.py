@@ -47,8 +47,8 @@ def user_uris(tmp_path: Path) -> Iterator[tuple[str, str]]:
 def _globals() -> tuple[str, str, str | None, str | None]:
     import mlflow
 
-    env = os.environ
-    return mlflow.get_tracking_uri(), mlflow.get_registry_uri(), env.get("MLFLOW_TRACKING_URI"), env.get("MLFLOW_REGISTRY_URI")
+    env = os.environ.get
+    return mlflow.get_tracking_uri(), mlflow.get_registry_uri(), env("MLFLOW_TRACKING_URI"), env("MLFLOW_REGISTRY_URI")
 
 
 def test_stages_called_from_python_leave_the_callers_mlflow_uris(tmp_path: Path, user_uris: tuple[str, str]) -> None:
@@ -78,11 +78,10 @@ def test_bound_restores_the_callers_uris_even_on_error(tmp_path: Path, user_uris
 
     p = make_project(tmp_path / "proj")
     before = _globals()
-    with pytest.raises(RuntimeError, match="inside"):
-        with tracking.bound(p):
-            assert mlflow.get_tracking_uri() == tracking.db_uri(p.tracking_uri)
-            assert mlflow.get_registry_uri() == tracking.db_uri(p.registry_uri)
-            raise RuntimeError("inside")
+    with pytest.raises(RuntimeError, match="inside"), tracking.bound(p):
+        assert mlflow.get_tracking_uri() == tracking.db_uri(p.tracking_uri)
+        assert mlflow.get_registry_uri() == tracking.db_uri(p.registry_uri)
+        raise RuntimeError("inside")
     assert _globals() == before
 
 
@@ -186,3 +185,23 @@ def test_copy_across_environments_leaves_the_callers_uris(tmp_path: Path, user_u
     assert mv.tags["loopline.copied_from"] == "staging.demo/1"
     assert [m.name for m in tracking.client(staging).search_registered_models()] == ["staging.demo"]
     assert _globals() == before
+
+
+def test_training_inside_the_callers_active_run_neither_nests_nor_ends_it(
+    tmp_path: Path, user_uris: tuple[str, str]
+) -> None:
+    import mlflow
+
+    mine_uri = f"sqlite:///{tmp_path / 'user.db'}"  # MLflow 3 refuses new runs in a file store
+    mlflow.set_tracking_uri(mine_uri)  # restored by the user_uris fixture
+    p = make_project(tmp_path / "proj")
+    with mlflow.start_run() as mine:  # the notebook's own run, in the user's store
+        r = train(p)
+        active = mlflow.active_run()
+        assert active is not None and active.info.run_id == mine.info.run_id
+        mlflow.log_metric("mine", 1.0)
+    assert "mlflow.parentRunId" not in tracking.client(p).get_run(r.run_id).data.tags
+    last = mlflow.last_active_run()
+    assert last is not None and last.info.run_id == mine.info.run_id
+    assert mlflow.MlflowClient(mine_uri).get_run(mine.info.run_id).data.metrics == {"mine": 1.0}
+    assert mlflow.get_tracking_uri() == mine_uri

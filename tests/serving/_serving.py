@@ -93,12 +93,11 @@ def build_template(root: Path) -> None:
 
     (root / "loopline.yaml").write_text(PROJECT_YAML)
     project = load_project(root, "prod")
-    tracking.client(project)
     exp = tracking.experiment_id(project)
     for seed in (1, 2):
         df, y = _frame(seed)
         est = HistGradientBoostingRegressor(max_iter=30).fit(df, y)
-        with mlflow.start_run(experiment_id=exp):
+        with tracking.bound(project), mlflow.start_run(experiment_id=exp):
             mlflow.sklearn.log_model(
                 est,
                 name="model",
@@ -111,7 +110,7 @@ def build_template(root: Path) -> None:
     code = root / "broken_model.py"
     code.write_text(BROKEN_MODEL)
     df, _ = _frame(3)
-    with mlflow.start_run(experiment_id=exp):
+    with tracking.bound(project), mlflow.start_run(experiment_id=exp):
         mlflow.pyfunc.log_model(
             name="model",
             python_model=str(code),
