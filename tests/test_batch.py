@@ -149,7 +149,10 @@ def test_predictions_follow_the_contract(project: Project) -> None:
     # predictions are the model's own
     import mlflow.pyfunc
 
-    model = mlflow.pyfunc.load_model("models:/dev.demo@champion")
+    from loopline import tracking
+
+    with tracking.bound(project):  # MLflow's own loader, as a reference
+        model = mlflow.pyfunc.load_model("models:/dev.demo@champion")
     feats = store(project).read("features").to_pandas().sort_values("id")
     expected = model.predict(feats[FEATURES])
     got = t.to_pandas().sort_values("id")["prediction"].to_numpy()
