@@ -83,12 +83,11 @@ def build(root: Path) -> None:
         from loopline import tracking
         from loopline.config import load_project
         p = load_project({str(root)!r}, "prod")
-        tracking.client(p)
         rng = np.random.default_rng(0)
         df = pd.DataFrame({{"x": rng.uniform(0, 50, 2000), "n": rng.integers(0, 10, 2000), "z": rng.normal(size=2000)}})
         y = 2 * df.x + df.n + df.z
         est = HistGradientBoostingRegressor(max_iter=100).fit(df, y)
-        with mlflow.start_run(experiment_id=tracking.experiment_id(p)):
+        with tracking.bound(p), mlflow.start_run(experiment_id=tracking.experiment_id(p)):
             mlflow.sklearn.log_model(est, name="model", signature=infer_signature(df, est.predict(df)),
                 input_example=df.head(3), pip_requirements=["scikit-learn"], skops_trusted_types={TRUSTED!r},
                 registered_model_name=p.registered_model)
