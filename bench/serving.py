@@ -77,7 +77,6 @@ def build(root: Path) -> None:
         f"""
         import warnings; warnings.filterwarnings("ignore")
         import mlflow, numpy as np, pandas as pd
-        from mlflow import MlflowClient
         from mlflow.models import infer_signature
         from sklearn.ensemble import HistGradientBoostingRegressor
         from loopline import tracking
@@ -91,7 +90,7 @@ def build(root: Path) -> None:
             mlflow.sklearn.log_model(est, name="model", signature=infer_signature(df, est.predict(df)),
                 input_example=df.head(3), pip_requirements=["scikit-learn"], skops_trusted_types={TRUSTED!r},
                 registered_model_name=p.registered_model)
-        MlflowClient(p.tracking_uri).set_registered_model_alias(p.registered_model, "champion", "1")
+        tracking.client(p).set_registered_model_alias(p.registered_model, "champion", "1")
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

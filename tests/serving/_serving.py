@@ -84,7 +84,6 @@ def _frame(seed: int):  # type: ignore[no-untyped-def]
 
 def build_template(root: Path) -> None:
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.models import infer_signature
     from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -119,7 +118,7 @@ def build_template(root: Path) -> None:
             pip_requirements=["mlflow"],
             registered_model_name=project.registered_model,
         )
-    MlflowClient(project.tracking_uri).set_registered_model_alias(project.registered_model, "champion", "1")
+    tracking.client(project).set_registered_model_alias(project.registered_model, "champion", "1")
 
 
 @dataclass
@@ -339,6 +338,7 @@ def build_classifiers(root: Path) -> None:
 
     from mlflow import MlflowClient
 
+    from loopline import tracking
     from loopline.config import load_project
     from loopline.tables import DeltaStore
     from loopline.training import train
@@ -355,4 +355,4 @@ def build_classifiers(root: Path) -> None:
         DeltaStore(project.storage_root).overwrite("features", _classifier_features(case))
         result = train(project)
         assert result.label["classes"] == list(case.classes), result.label
-        MlflowClient(project.tracking_uri).set_registered_model_alias(project.registered_model, "champion", "1")
+        tracking.client(project).set_registered_model_alias(project.registered_model, "champion", "1")
