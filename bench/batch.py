@@ -110,7 +110,7 @@ def register(project_dir: Path, model, sample) -> None:  # type: ignore[no-untyp
     import skops.io
 
     trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))  # our own freshly fitted model
-    with mlflow.start_run(experiment_id=tracking.experiment_id(project)):
+    with tracking.bound(project), mlflow.start_run(experiment_id=tracking.experiment_id(project)):
         info = mlflow.sklearn.log_model(
             model,
             name="model",
@@ -159,8 +159,8 @@ def child(kind: str, project_dir: Path) -> dict[str, float]:
     elif kind == "limit":
         from loopline import tracking
 
-        tracking.client(project)
-        model = mlflow.sklearn.load_model(tracking.model_uri(project))
+        with tracking.bound(project):
+            model = mlflow.sklearn.load_model(tracking.model_uri(project))
         table = DeltaTable(features).to_pyarrow_table(columns=FEATURES)
         x = np.column_stack([table.column(f).to_numpy() for f in FEATURES])  # C order, as a user would have
         del table
@@ -171,10 +171,10 @@ def child(kind: str, project_dir: Path) -> dict[str, float]:
     elif kind == "naive":
         from loopline import tracking
 
-        tracking.client(project)
         t0 = time.perf_counter()
         df = DeltaTable(features).to_pandas()
-        model = mlflow.pyfunc.load_model(tracking.model_uri(project))
+        with tracking.bound(project):
+            model = mlflow.pyfunc.load_model(tracking.model_uri(project))
         out = df[["id"]].copy()
         out["prediction"] = model.predict(df[FEATURES])
         out["_batch_id"] = "naive"

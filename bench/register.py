@@ -89,7 +89,7 @@ def main() -> None:
 
     def loopline_once() -> float:
         t, c = time.perf_counter(), time.process_time()
-        with mlflow.start_run(experiment_id=exp):
+        with tracking.bound(p), mlflow.start_run(experiment_id=exp):
             _, version, _, result, _ = publish(p, model, prepared, params, spec)
         elapsed = time.perf_counter() - t
         cpu["loopline"].append(time.process_time() - c)
@@ -104,7 +104,7 @@ def main() -> None:
 
     def mlflow_once() -> float:
         t, c = time.perf_counter(), time.process_time()
-        with mlflow.start_run(experiment_id=exp):
+        with tracking.bound(p), mlflow.start_run(experiment_id=exp):
             mlflow.sklearn.log_model(
                 model, name="model", registered_model_name="dev.reg_mlflow_default", skops_trusted_types=trusted
             )

@@ -77,22 +77,20 @@ def build(root: Path) -> None:
         f"""
         import warnings; warnings.filterwarnings("ignore")
         import mlflow, numpy as np, pandas as pd
-        from mlflow import MlflowClient
         from mlflow.models import infer_signature
         from sklearn.ensemble import HistGradientBoostingRegressor
         from loopline import tracking
         from loopline.config import load_project
         p = load_project({str(root)!r}, "prod")
-        tracking.client(p)
         rng = np.random.default_rng(0)
         df = pd.DataFrame({{"x": rng.uniform(0, 50, 2000), "n": rng.integers(0, 10, 2000), "z": rng.normal(size=2000)}})
         y = 2 * df.x + df.n + df.z
         est = HistGradientBoostingRegressor(max_iter=100).fit(df, y)
-        with mlflow.start_run(experiment_id=tracking.experiment_id(p)):
+        with tracking.bound(p), mlflow.start_run(experiment_id=tracking.experiment_id(p)):
             mlflow.sklearn.log_model(est, name="model", signature=infer_signature(df, est.predict(df)),
                 input_example=df.head(3), pip_requirements=["scikit-learn"], skops_trusted_types={TRUSTED!r},
                 registered_model_name=p.registered_model)
-        MlflowClient(p.tracking_uri).set_registered_model_alias(p.registered_model, "champion", "1")
+        tracking.client(p).set_registered_model_alias(p.registered_model, "champion", "1")
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

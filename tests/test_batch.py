@@ -67,7 +67,7 @@ def register_champion(project: Project, table: pa.Table) -> str:
     df = table.to_pandas()
     x, y = df[FEATURES], df["y"]
     model = LinearRegression().fit(x, y)
-    with mlflow.start_run(experiment_id=tracking.experiment_id(project)):
+    with tracking.bound(project), mlflow.start_run(experiment_id=tracking.experiment_id(project)):
         info = mlflow.sklearn.log_model(
             model,
             name="model",
@@ -149,7 +149,10 @@ def test_predictions_follow_the_contract(project: Project) -> None:
     # predictions are the model's own
     import mlflow.pyfunc
 
-    model = mlflow.pyfunc.load_model("models:/dev.demo@champion")
+    from loopline import tracking
+
+    with tracking.bound(project):  # MLflow's own loader, as a reference
+        model = mlflow.pyfunc.load_model("models:/dev.demo@champion")
     feats = store(project).read("features").to_pandas().sort_values("id")
     expected = model.predict(feats[FEATURES])
     got = t.to_pandas().sort_values("id")["prediction"].to_numpy()
@@ -465,12 +468,13 @@ def test_classifier_batch_scores_typed_labels_and_probabilities(tmp_path: Path, 
     the labels in their own type and the probabilities the registered model gives (predict_proba)."""
     from loopline import tracking
     from loopline.batch import score
+    from loopline.context import context
 
     p, t, version = train_classifier(tmp_path, case)
     result = score(p, batch_id="all")
     got = store(p).read("predictions").to_pandas().sort_values("id").reset_index(drop=True)
     assert result.rows == 600
-    raw_model = tracking.load_model(f"models:/dev.demo/{version}").get_raw_model()
+    raw_model = tracking.load_model(f"models:/dev.demo/{version}", context(p)).get_raw_model()
     X = t.to_pandas().sort_values("id")[["x1", "x2", "x3", "color"]]
     assert got["prediction"].tolist() == raw_model.predict(X).tolist()  # typed: no text round trip
     proba = raw_model.predict_proba(X)

@@ -11,6 +11,7 @@ import pytest
 
 from _lifecycle import BROKEN_HOOKS, make_project, one_thread  # noqa: F401  (fixture, used by pytestmark)
 from loopline import registry, tracking
+from loopline.context import context
 from loopline.errors import ConfigError
 from loopline.evaluation import GateResult
 from loopline.training import train
@@ -50,11 +51,9 @@ def test_broken_candidate_fails_the_gate_with_the_reason(tmp_path: Path, hook: s
 def test_candidate_that_fails_to_load(tmp_path: Path) -> None:
     import shutil
 
-    import mlflow
-
     p = make_project(tmp_path)
     r = train(p)
-    local = mlflow.artifacts.download_artifacts(f"models:/dev.demo/{r.version}")
+    local = tracking.download(context(p), f"models:/dev.demo/{r.version}")
     assert local  # the registered artifacts live under the project's artifact root: break them
     root = Path(p.artifact_root.removeprefix("file://"))
     for f in root.rglob("model.skops"):

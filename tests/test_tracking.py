@@ -49,8 +49,14 @@ def test_load_model_warns_on_mismatched_requirements(tmp_path: Path, caplog: pyt
             registered_model_name="t.m",
             serialization_format="cloudpickle",
         )
+    from typing import cast
+
+    from loopline.config import Project
+    from loopline.context import Context
+
+    ctx = Context(cast(Project, None), mlflow.MlflowClient(uri, uri), uri, uri)  # a registry outside any project
     with caplog.at_level(logging.WARNING, logger="loopline.tracking"):
-        model = tracking.load_model("models:/t.m/1")
+        model = tracking.load_model("models:/t.m/1", ctx)
     assert np.allclose(model.predict(X), X.sum(axis=1))
     warnings = [r.getMessage() for r in caplog.records if r.name == "loopline.tracking"]
     assert warnings == [

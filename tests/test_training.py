@@ -11,6 +11,7 @@ import pytest
 
 from _lifecycle import BROKEN_HOOKS, features_table, make_project, one_thread  # noqa: F401  (fixture, used by pytestmark)
 from loopline import tracking
+from loopline.context import context
 from loopline.errors import ConfigError, TrainingError
 from loopline.tables import DeltaStore
 from loopline.training import git_info, pip_requirements, split_frame, train
@@ -73,13 +74,14 @@ def test_train_records_everything_and_passes_the_gate_without_champion(tmp_path:
     assert json.loads(mv.tags["loopline.gate.failed_rules"]) == []
     assert float(mv.tags["loopline.gate.candidate.mae"]) == pytest.approx(r.gate.candidate_metrics["mae"])
 
-    local = Path(mlflow.artifacts.download_artifacts("models:/dev.demo/1", dst_path=str(tmp_path / "dl")))
+    local = Path(tracking.download(context(p), "models:/dev.demo/1", dst_path=str(tmp_path / "dl")))
     reqs = (local / "requirements.txt").read_text().split()
     assert any(req.startswith("scikit-learn==") for req in reqs) and any(req.startswith("skops==") for req in reqs)
     mlmodel = (local / "MLmodel").read_text()
     assert "serialization_format: skops" in mlmodel and "signature:" in mlmodel
     assert (local / "input_example.json").exists()
-    sig = mlflow.models.get_model_info("models:/dev.demo/1").signature
+    with tracking.bound(p):
+        sig = mlflow.models.get_model_info("models:/dev.demo/1").signature
     assert sig.inputs.input_names() == ["x1", "x2", "x3"]
 
 
@@ -178,8 +180,7 @@ def test_hook_training_and_lightgbm(tmp_path: Path) -> None:
     r = train(p)
     assert r.gate.passed
     reqs = (
-        Path(mlflow.artifacts.download_artifacts("models:/dev.demo/1", dst_path=str(tmp_path / "dl")))
-        / "requirements.txt"
+        Path(tracking.download(context(p), "models:/dev.demo/1", dst_path=str(tmp_path / "dl"))) / "requirements.txt"
     ).read_text()
     assert "lightgbm==" in reqs
 
@@ -287,7 +288,7 @@ def test_threshold_chosen_on_validation_rows_is_what_the_model_predicts_with(tmp
     r = train(p)
     threshold = r.label["threshold"]
     assert 0.0 < threshold < 1.0 and r.label["positive_label"] == "yes"
-    rt = runtime.load(r.model_uri, from_config(p.config.model))
+    rt = runtime.load(r.model_uri, from_config(p.config.model), ctx=context(p))
     assert rt.spec.threshold == threshold
     frame = _features_frame(p)
     out = rt.predict_frame(frame)
@@ -308,7 +309,7 @@ def test_fixed_threshold_and_calibration(tmp_path: Path) -> None:
     assert r.label["threshold"] == 0.3 and r.gate.passed
     from loopline import tracking
 
-    model = tracking.load_model(r.model_uri).get_raw_model()
+    model = tracking.load_model(r.model_uri, context(p)).get_raw_model()
     assert type(model).__name__ == "FixedThresholdClassifier"
     inner = model.estimator_.estimator  # FrozenEstimator -> the calibrated refit
     assert type(inner).__name__ == "CalibratedClassifierCV"

@@ -118,13 +118,19 @@ class InputStream:
 def load_champion(project: Project) -> Champion:
     """Resolve ``models:/<registered>@champion`` to a version and load exactly that version."""
     from loopline import runtime, tracking
+    from loopline.context import context
     from loopline.labels import from_config
 
     mv = tracking.require_champion(project)  # RegistryError naming the model when there is none
     uri = f"models:/{mv.name}/{mv.version}"  # pinned: an alias moved mid-job cannot mix two versions
     try:
         rt = runtime.load(
-            uri, from_config(project.config.model), name=mv.name, version=str(mv.version), run_id=mv.run_id or ""
+            uri,
+            from_config(project.config.model),
+            name=mv.name,
+            version=str(mv.version),
+            run_id=mv.run_id or "",
+            ctx=context(project),
         )
     except runtime.RuntimeLoadError as exc:
         raise BatchError(

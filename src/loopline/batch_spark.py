@@ -184,11 +184,12 @@ def _executor_scorer(model_file: str, spec_json: str, keys: list[str], columns: 
     return score
 
 
-def _ship_model(spark: Any, champion: Champion, staging: Any) -> str:
+def _ship_model(project: Project, spark: Any, champion: Champion, staging: Any) -> str:
     """Copy the champion's model directory next to the staging folder and hand it to every executor."""
-    import mlflow.artifacts
+    from loopline import tracking
+    from loopline.context import context
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=champion.uri)
+    local = tracking.download(context(project), champion.uri)
     name = f"loopline-model-{champion.version}-{uuid.uuid4().hex[:8]}"
     shutil.copytree(local, staging.parent / name)
     spark.sparkContext.addFile(str(staging.parent / name), recursive=True)
@@ -235,7 +236,7 @@ def score_spark(
     staging.parent.mkdir(parents=True, exist_ok=True)
     model_file = ""
     try:
-        model_file = _ship_model(spark, champion, staging)
+        model_file = _ship_model(project, spark, champion, staging)
         scorer = _executor_scorer(model_file, spec.to_json(), keys, present)
         scored = frame.select(*keys, *[c for c in present if c not in keys]).mapInArrow(scorer, ddl)
         try:

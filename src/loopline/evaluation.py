@@ -133,12 +133,13 @@ class _Scored:
     error: str | None = None
 
 
-def _score(uri: str, X: pd.DataFrame, fallback: LabelSpec) -> _Scored:
+def _score(project: Project, uri: str, X: pd.DataFrame, fallback: LabelSpec) -> _Scored:
     """Load a model from the registry and predict (labels and probabilities); every failure becomes a reason."""
     from loopline import runtime
+    from loopline.context import context
 
     try:
-        rt = runtime.load(uri, fallback)
+        rt = runtime.load(uri, fallback, ctx=context(project))
     except runtime.RuntimeLoadError as exc:
         cause = exc.__cause__ or exc
         return _Scored(error=f"fails to load ({type(cause).__name__}: {_short(cause)})")
@@ -305,7 +306,7 @@ def gate(
         model=name, candidate_version=version, champion_version=champ_version, passed=False, n_test=len(test_df)
     )
     fallback = from_config(cfg.model)
-    cand = _score(f"models:/{name}/{version}", X, fallback)
+    cand = _score(project, f"models:/{name}/{version}", X, fallback)
     spec = cand.spec or fallback
     names = metrics or metric_names(project, spec)
     result.rules_checked.append("candidate_scores")
@@ -333,7 +334,7 @@ def gate(
         result.rules_checked += checked
 
     if champ_version is not None and champ_version != version:
-        champ = _score(f"models:/{name}/{champ_version}", X, fallback)
+        champ = _score(project, f"models:/{name}/{champ_version}", X, fallback)
         if champ.error is not None:
             result.notes.append(f"champion v{champ_version} {champ.error}; only absolute thresholds applied")
         else:

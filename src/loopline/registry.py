@@ -501,11 +501,14 @@ def _copy_version(project_from: Project, project_to: Project, src_name: str, src
 
 
 def _copy_across(project_from: Project, project_to: Project, src_name: str, src_v: str) -> ModelVersion:
-    import mlflow
+    """The source version's artifacts, read through the source environment's client, logged as a run of the
+    target's experiment and registered there (each side through its own Context: no global URI switched)."""
+    from mlflow.exceptions import MlflowException
 
-    tracking.client(project_from)
+    from loopline.context import context
+
     with tempfile.TemporaryDirectory(prefix="loopline-copy-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{src_name}/{src_v}", dst_path=tmp)
+        local = tracking.download(context(project_from), f"models:/{src_name}/{src_v}", dst_path=tmp)
         c = tracking.client(project_to)
         exp = tracking.experiment_id(project_to)
         run = c.create_run(
@@ -518,7 +521,7 @@ def _copy_across(project_from: Project, project_to: Project, src_name: str, src_
     dst = project_to.registered_model
     try:
         c.create_registered_model(dst)
-    except mlflow.exceptions.MlflowException as exc:
+    except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     return c.create_model_version(dst, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)

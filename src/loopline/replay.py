@@ -386,6 +386,7 @@ class PolicyRun:
     # -- the run
     def run(self) -> PolicyResult:
         from loopline import registry, runtime
+        from loopline.context import context
         from loopline.labels import from_config
         from loopline.training import train
         from loopline.training_data import prepare
@@ -398,7 +399,7 @@ class PolicyRun:
         first = train(p)
         registry.promote(p, first.version, force=not first.gate.passed, reason="replay: the first model")
         self.result.first_version = first.version
-        never = runtime.load(first.model_uri, from_config(p.config.model))
+        never = runtime.load(first.model_uri, from_config(p.config.model), ctx=context(p))
         self.metric = self.metric or first_metric(p, never.spec)
         prepared = prepare(p)
         self.say(f"[{self.result.name}] v{first.version} trained on {self.initial} window(s); metric {self.metric}")
@@ -456,12 +457,13 @@ class PolicyRun:
         import pyarrow.dataset as ds
 
         from loopline import runtime
+        from loopline.context import context
         from loopline.labels import from_config
         from loopline.runtime import Output
         from loopline.tables import DeltaStore
 
         p = self.project
-        rt = runtime.load(f"models:/{p.registered_model}/{version}", from_config(p.config.model))
+        rt = runtime.load(f"models:/{p.registered_model}/{version}", from_config(p.config.model), ctx=context(p))
         keys = p.config.model.keys
         if not keys:
             return _metric(self.metric or "", truth, p, rt.predict_frame(truth), rt.spec)

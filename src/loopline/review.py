@@ -398,9 +398,12 @@ def champion_spec(project: Project) -> LabelSpec | None:
         stored = None
     if not isinstance(stored, dict):
         try:
-            from mlflow.models import get_model_info
+            from mlflow.models import Model
 
-            meta = get_model_info(f"models:/{project.registered_model}/{mv.version}").metadata or {}
+            from loopline.context import context
+
+            local = tracking.download(context(project), f"models:/{project.registered_model}/{mv.version}")
+            meta = Model.load(local).metadata or {}
             stored = meta.get("loopline")
         except Exception:  # an artifact store that cannot be read: no contract, the fallback applies
             stored = None

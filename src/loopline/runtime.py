@@ -35,6 +35,8 @@ from loopline.serving.schema import Signature
 if TYPE_CHECKING:
     import pandas as pd
 
+    from loopline.context import Context
+
 log = logging.getLogger("loopline.runtime")
 warnings.filterwarnings("ignore", message="X does not have valid feature names")
 METADATA_KEY = "loopline"
@@ -212,14 +214,18 @@ def load(
     version: str = "",
     run_id: str = "",
     compile_trees: bool = False,
+    ctx: Context | None = None,
 ) -> ModelRuntime:
-    """Load ``uri`` and pick the fastest path that agrees with the model's own predict; RuntimeLoadError if it fails."""
+    """Load ``uri`` and pick the fastest path that agrees with the model's own predict; RuntimeLoadError if it fails.
+
+    A ``models:/`` URI is resolved through ``ctx`` (the environment's Context, never MLflow's global URIs);
+    without one ``uri`` is a local model folder."""
     from loopline import tracking
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pyfunc = tracking.load_model(uri)
+            pyfunc = tracking.load_model(uri, ctx)
     except Exception as exc:  # anything mlflow/flavors raise: the caller decides what a broken version means
         raise RuntimeLoadError(f"{uri} failed to load: {type(exc).__name__}: {exc}") from exc
     rt = ModelRuntime(

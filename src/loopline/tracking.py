@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from loopline.compat import require
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from mlflow.pyfunc import PyFuncModel
 
     from loopline.config import Project
+    from loopline.context import Context
 
 log = logging.getLogger("loopline.tracking")
 CHAMPION = "champion"
@@ -201,20 +205,100 @@ def outside_paths(project: Project) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def client(project: Project) -> MlflowClient:
-    """Point mlflow at the environment's tracking and registry URIs and return a client (after
-    :func:`check_reachable`)."""
-    import mlflow
-    from mlflow import MlflowClient
-
+def prepare(project: Project) -> None:
+    """What comes before the first client of an environment: the servers answer (:func:`check_reachable`), a
+    local sqlite database has its folder and its own artifact locations (:func:`relocate`)."""
     check_reachable(project)
     if project.tracking_uri.startswith("sqlite:///"):
         project.state_dir.mkdir(parents=True, exist_ok=True)
         relocate(project)
-    tracking, registry = db_uri(project.tracking_uri), db_uri(project.registry_uri)
-    mlflow.set_tracking_uri(tracking)
-    mlflow.set_registry_uri(registry)
-    return MlflowClient(tracking_uri=tracking, registry_uri=registry)
+
+
+def client(project: Project) -> MlflowClient:
+    """The environment's MLflow client (of its :class:`~loopline.context.Context`), bound to its tracking and
+    registry URIs explicitly: MLflow's process-global URIs are neither read nor changed."""
+    from loopline.context import context
+
+    if project.tracking_uri.startswith("sqlite:///"):
+        project.state_dir.mkdir(parents=True, exist_ok=True)  # a state folder removed since the Context was built
+    return context(project).client
+
+
+_BOUND = threading.RLock()
+
+
+@contextlib.contextmanager
+def bound(project: Project) -> Iterator[None]:
+    """MLflow's process-global tracking and registry URIs pointed at ``project``'s environment for the block,
+    and the caller's own URIs (and ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``) restored on exit.
+
+    Why it exists: logging a model (``mlflow.<flavor>.log_model``) and the runs around it (``mlflow.start_run``,
+    ``log_input``, nested search trials) only exist in MLflow's "fluent" form, which writes to the active run
+    of the global tracking URI and registers through the global registry URI. Everything else in loopline uses
+    the Context's client, bound explicitly. The block holds a process lock, so two threads (two environments)
+    cannot interleave their URIs; the caller's active run, if any, is set aside for the block (loopline's runs
+    are never nested under a notebook's run) and given back after. A thread that uses MLflow's fluent API
+    outside loopline while another thread trains sees loopline's URIs for that time: MLflow's globals are
+    global."""
+    import mlflow
+
+    from loopline.context import context
+
+    ctx = context(project)
+    with _BOUND:
+        saved = _save_globals()
+        try:
+            mlflow.set_tracking_uri(ctx.tracking_uri)
+            mlflow.set_registry_uri(ctx.registry_uri)
+            yield
+        finally:
+            _restore_globals(saved)
+
+
+_ENV_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def _save_globals() -> dict[str, Any]:
+    """The caller's MLflow globals: the URIs as set (None when never set: MLflow then resolves them from the
+    environment and its defaults, and must keep doing so), the two environment variables, the thread's active
+    run stack and last run / logged model (MLflow keeps these in module state; see :func:`bound`)."""
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved: dict[str, Any] = {
+        "tracking": tracking_utils._tracking_uri,
+        "registry": registry_utils._registry_uri,
+        "env": {k: os.environ.get(k) for k in _ENV_VARS},
+    }
+    for name in _FLUENT_STATE:
+        var = getattr(fluent, name, None)
+        if var is not None:
+            value = var.get()
+            saved[name] = list(value) if isinstance(value, list) else value
+            var.set([] if isinstance(value, list) else None)
+    return saved
+
+
+_FLUENT_STATE = ("_active_run_stack", "_last_active_run_id", "_last_logged_model_id")
+
+
+def _restore_globals(saved: dict[str, Any]) -> None:
+    import mlflow
+    from mlflow.tracking import fluent
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    mlflow.set_tracking_uri(saved["tracking"])  # None is MLflow's "not set" (it also resets the tracer)
+    registry_utils._registry_uri = saved["registry"]  # set_registry_uri(None) would keep the variable set
+    for k, v in saved["env"].items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    for name in _FLUENT_STATE:
+        var = getattr(fluent, name, None)
+        if var is not None and name in saved:
+            var.set(saved[name])
 
 
 def experiment_id(project: Project) -> str:
@@ -256,14 +340,49 @@ def model_uri(project: Project, alias: str = CHAMPION) -> str:
     return f"models:/{project.registered_model}@{alias}"
 
 
-def load_model(uri: str) -> PyFuncModel:
-    """``mlflow.pyfunc.load_model`` without MLflow's own requirement check, which maps every installed
-    distribution to its modules (~1 s per load); :func:`requirement_mismatches` checks the model's
-    ``requirements.txt`` against the installed versions instead and each mismatch is logged as a warning."""
+def download_uri(c: MlflowClient, uri: str) -> str:
+    """Where the artifacts of ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` are stored, resolved
+    with ``c`` (its registry, never MLflow's global one); any other URI as it is."""
+    if not uri.startswith("models:/"):
+        return uri
+    ref = uri.removeprefix("models:/")
+    if "@" in ref.split("/", 1)[0]:
+        name, rest = ref.split("@", 1)
+        alias, _, sub = rest.partition("/")
+        version = str(c.get_model_version_by_alias(name, alias).version)
+    else:
+        name, version, *path = ref.split("/")
+        sub = "/".join(path)
+    location = c.get_model_version_download_uri(name, version)
+    return f"{location.rstrip('/')}/{sub}" if sub else location
+
+
+def download(ctx: Context, uri: str, dst_path: str | None = None) -> str:
+    """The artifacts at ``uri`` (a ``models:/`` URI resolved by :func:`download_uri`) as a local folder, read
+    through the Context's tracking and registry URIs (a local artifact store: its own folder, nothing copied)."""
     import mlflow.artifacts
+
+    return mlflow.artifacts.download_artifacts(
+        artifact_uri=download_uri(ctx.client, uri),
+        dst_path=dst_path,
+        tracking_uri=ctx.tracking_uri,
+        registry_uri=ctx.registry_uri,
+    )
+
+
+def load_model(uri: str, ctx: Context | None = None) -> PyFuncModel:
+    """``mlflow.pyfunc.load_model`` of ``uri`` (a ``models:/`` URI resolved with the environment's Context,
+    else a local path) without MLflow's own requirement check, which maps every installed distribution to its modules
+    (~1 s per load); :func:`requirement_mismatches` checks the model's ``requirements.txt`` against the
+    installed versions instead and each mismatch is logged as a warning."""
     import mlflow.pyfunc
 
-    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)  # a local artifact store: its own folder
+    if ctx is None:
+        if ":/" in uri:
+            raise ValueError(f"loading {uri} needs the environment's Context (its MLflow URIs)")
+        local = uri
+    else:
+        local = download(ctx, uri)
     model = mlflow.pyfunc.load_model(local, suppress_warnings=True)
     requirements = Path(local) / "requirements.txt"
     if requirements.is_file():

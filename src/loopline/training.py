@@ -393,7 +393,8 @@ def publish(
     notes: list[str] | None = None,
     walked: Output | None = None,
 ) -> tuple[str, str, dict[str, float], GateResult, list[str]]:
-    """Inside the active MLflow run: metrics, tags, dataset, model, registered version, gate.
+    """Inside the active MLflow run (opened within :func:`loopline.tracking.bound`): metrics, tags, dataset,
+    model, registered version, gate.
 
     ``model`` is what is registered. ``tuned`` (fit on the training rows) gives the ``valid_*`` metrics;
     ``evaluated`` (fit on training + validation rows) gives the ``test_*`` metrics, the gate's evidence: the
@@ -537,7 +538,9 @@ def train(
         if not estimators.takes_sample_weight(probe):
             notes.append(f"training.recency_half_life: {trainer.name}.fit takes no sample_weight; rows not weighted")
     name = f"train-{project.env}-data-v{p.features_version}"
-    with mlflow.start_run(experiment_id=exp, run_name=name, tags=run_tags()) as run:
+    # the run, its nested runs and the logged model exist only in MLflow's global ("fluent") form: the caller's
+    # URIs and active run are set aside for the block and restored after (tracking.bound)
+    with tracking.bound(project), mlflow.start_run(experiment_id=exp, run_name=name, tags=run_tags()) as run:
         trials = 0
         if tc.search is not None:
             params, trials = _search(project, trainer, p, params, names)

@@ -127,7 +127,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Env:
     test = compute_metrics("regression", y[900:], test_pred)
 
     exp = tracking.experiment_id(project)
-    with mlflow.start_run(experiment_id=exp):
+    with tracking.bound(project), mlflow.start_run(experiment_id=exp):
         mlflow.log_metrics({f"test_{k}": v for k, v in test.items()})
         mlflow.set_tag("loopline.features_version", str(version))
         info = mlflow.sklearn.log_model(
@@ -286,7 +286,7 @@ def test_champion_without_features_version_is_a_clear_error(env: Env) -> None:
     from loopline import tracking
 
     proj = load_project(env.root, "notag")
-    with mlflow.start_run(experiment_id=tracking.experiment_id(proj)):
+    with tracking.bound(proj), mlflow.start_run(experiment_id=tracking.experiment_id(proj)):
         info = mlflow.sklearn.log_model(
             DummyRegressor().fit([[0.0]], [0.0]),
             name="model",

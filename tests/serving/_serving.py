@@ -84,7 +84,6 @@ def _frame(seed: int):  # type: ignore[no-untyped-def]
 
 def build_template(root: Path) -> None:
     import mlflow
-    from mlflow import MlflowClient
     from mlflow.models import infer_signature
     from sklearn.ensemble import HistGradientBoostingRegressor
 
@@ -93,12 +92,11 @@ def build_template(root: Path) -> None:
 
     (root / "loopline.yaml").write_text(PROJECT_YAML)
     project = load_project(root, "prod")
-    tracking.client(project)
     exp = tracking.experiment_id(project)
     for seed in (1, 2):
         df, y = _frame(seed)
         est = HistGradientBoostingRegressor(max_iter=30).fit(df, y)
-        with mlflow.start_run(experiment_id=exp):
+        with tracking.bound(project), mlflow.start_run(experiment_id=exp):
             mlflow.sklearn.log_model(
                 est,
                 name="model",
@@ -111,7 +109,7 @@ def build_template(root: Path) -> None:
     code = root / "broken_model.py"
     code.write_text(BROKEN_MODEL)
     df, _ = _frame(3)
-    with mlflow.start_run(experiment_id=exp):
+    with tracking.bound(project), mlflow.start_run(experiment_id=exp):
         mlflow.pyfunc.log_model(
             name="model",
             python_model=str(code),
@@ -120,7 +118,7 @@ def build_template(root: Path) -> None:
             pip_requirements=["mlflow"],
             registered_model_name=project.registered_model,
         )
-    MlflowClient(project.tracking_uri).set_registered_model_alias(project.registered_model, "champion", "1")
+    tracking.client(project).set_registered_model_alias(project.registered_model, "champion", "1")
 
 
 @dataclass
@@ -340,6 +338,7 @@ def build_classifiers(root: Path) -> None:
 
     from mlflow import MlflowClient
 
+    from loopline import tracking
     from loopline.config import load_project
     from loopline.tables import DeltaStore
     from loopline.training import train
@@ -356,4 +355,4 @@ def build_classifiers(root: Path) -> None:
         DeltaStore(project.storage_root).overwrite("features", _classifier_features(case))
         result = train(project)
         assert result.label["classes"] == list(case.classes), result.label
-        MlflowClient(project.tracking_uri).set_registered_model_alias(project.registered_model, "champion", "1")
+        tracking.client(project).set_registered_model_alias(project.registered_model, "champion", "1")

@@ -224,6 +224,7 @@ def champion_info(project: Project) -> Champion:
 def load_champion(project: Project, champ: Champion) -> ModelRuntime:
     """The champion through the one model runtime (its label contract comes with it)."""
     from loopline import runtime
+    from loopline.context import context
     from loopline.labels import from_config
 
     try:
@@ -233,6 +234,7 @@ def load_champion(project: Project, champ: Champion) -> ModelRuntime:
             name=champ.name,
             version=champ.version,
             run_id=champ.run_id,
+            ctx=context(project),
         )
     except runtime.RuntimeLoadError as exc:
         raise MonitoringError(f"cannot load champion {champ.name} v{champ.version}: {exc}") from exc

@@ -127,9 +127,9 @@ def _refused(exc: Exception) -> Exception:
 
 def load_version(project: Project, version: str, run_id: str = "") -> LoadedModel:
     """Load one registered version and smoke-test it on its input example; ModelError on failure."""
-    from loopline import labels, runtime, tracking
+    from loopline import labels, runtime
+    from loopline.context import context
 
-    tracking.client(project)
     uri = f"models:/{project.registered_model}/{version}"
     try:
         rt = runtime.load(
@@ -139,6 +139,7 @@ def load_version(project: Project, version: str, run_id: str = "") -> LoadedMode
             version=str(version),
             run_id=run_id,
             compile_trees=project.config.serving.compile_trees,
+            ctx=context(project),
         )
     except RuntimeLoadError as exc:
         raise ModelError(str(exc)) from exc
