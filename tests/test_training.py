@@ -365,3 +365,14 @@ def test_training_on_integer_inputs_prints_no_mlflow_signature_hint(tmp_path: Pa
         train(p)
     hints = [str(w.message)[:80] for w in caught if "integer column" in str(w.message)]
     assert hints == []
+
+
+def test_registering_prints_nothing_on_the_terminal(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """MLflow's "Successfully registered model / Created version" lines go to the debug log, not the terminal
+    (a replay printed them twice per window)."""
+    p = make_project(tmp_path)
+    capfd.readouterr()
+    train(p)
+    train(p)
+    err = capfd.readouterr().err
+    assert "registered model" not in err and "Created version" not in err, err

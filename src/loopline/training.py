@@ -10,9 +10,12 @@ logged with a signature, an input example and explicit pip requirements (MLflow'
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
+import logging
 import re
 import subprocess
 import time
@@ -37,6 +40,8 @@ from loopline.jobs import run_tags
 from loopline.labels import LabelSpec, spec_for
 from loopline.testhooks import crash_point
 from loopline.training_data import FEATURES, Prepared, prepare, read_features, recency_weights, split_frame, test_rows
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -361,9 +366,10 @@ def _log_model(project: Project, model: Any, X_example: pd.DataFrame, spec: Labe
     except Exception:  # objects skops cannot represent: cloudpickle (the model is loopline's own artifact)
         serialization = "cloudpickle"
     reqs = pip_requirements(model, serialization, project.config.training.pip_requirements)
+    said = io.StringIO()  # MLflow prints "Successfully registered model ..." lines to stderr: to the debug log
     try:
-        with warnings.catch_warnings():  # the integer-column hint: the server answers 400 on NaN there, by design
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), contextlib.redirect_stderr(said):
+            warnings.simplefilter("ignore", UserWarning)  # the integer-column hint: by design, see above
             return mlflow.sklearn.log_model(
                 model,
                 name="model",
@@ -377,6 +383,9 @@ def _log_model(project: Project, model: Any, X_example: pd.DataFrame, spec: Labe
             )
     except Exception as exc:
         raise TrainingError(f"logging the model to MLflow failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for line in said.getvalue().splitlines():
+            log.debug("mlflow: %s", line)
 
 
 def publish(
