@@ -48,3 +48,10 @@ def test_input_batch_with_a_query_is_refused(tmp_path: Path) -> None:
         assert run_cli(*args, "--project", str(root)).returncode == 0
     r = run_cli("run", "batch", "--input-batch", "x", "--project", str(root))
     assert r.returncode == 1 and "--input-batch filters batch.input by _batch_id; it cannot be combined" in r.stderr
+
+
+def test_version_flag() -> None:
+    import loopline
+
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"loopline {loopline.__version__}"

@@ -24,6 +24,25 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from loopline import __version__
+
+        typer.echo(f"loopline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """The whole production loop of a model from one project folder and one loopline.yaml."""
+
+
 run_app = typer.Typer(help="Run one job by hand: ingest, train, batch, monitor, loop, retention.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 
