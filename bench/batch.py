@@ -161,6 +161,12 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _cpu() -> float:
+    """CPU seconds of this process, all threads (user + system)."""
+    t = os.times()
+    return t.user + t.system
+
+
 def child(kind: str, project_dir: Path, table_kind: str) -> dict[str, float]:
     import mlflow.pyfunc
     import mlflow.sklearn
@@ -179,6 +185,7 @@ def child(kind: str, project_dir: Path, table_kind: str) -> dict[str, float]:
     inputs = columns_of(table_kind)
     before = _peak_mb()
     extra: dict[str, float] = {}
+    cpu0 = _cpu()
     if kind in ("loopline", "loopline_pyfunc"):
         t0 = time.perf_counter()
         result = score(project, batch_id="bench", fast=kind == "loopline")
@@ -196,7 +203,7 @@ def child(kind: str, project_dir: Path, table_kind: str) -> dict[str, float]:
         else:  # the DataFrame the pipeline was fitted on (strings as objects)
             x = table.to_pandas()
         del table
-        t0 = time.perf_counter()
+        cpu0, t0 = _cpu(), time.perf_counter()
         pred = model.predict(x)
         seconds = time.perf_counter() - t0
         rows = len(pred)
@@ -218,6 +225,7 @@ def child(kind: str, project_dir: Path, table_kind: str) -> dict[str, float]:
     return {
         "rows": rows,
         "seconds": seconds,
+        "cpu_s": _cpu() - cpu0,
         "rows_per_s": rows / seconds,
         "peak_mb": _peak_mb(),
         "peak_before_mb": before,
@@ -260,7 +268,8 @@ def measure(args: argparse.Namespace, work: Path, table: str, n: int, kinds: lis
             runs[k].append(r)
             load = f"  (model resolve+load {r['load_s']:.1f}s)" if "load_s" in r else ""
             print(
-                f"  {k:16s} {r['seconds']:8.2f}s {r['rows_per_s']:12,.0f} rows/s  peak RSS {r['peak_mb']:7.0f} MB"
+                f"  {k:16s} {r['seconds']:8.2f}s {r['rows_per_s']:12,.0f} rows/s  CPU {r['cpu_s']:6.1f}s"
+                f"  peak RSS {r['peak_mb']:7.0f} MB"
                 f"{load}  load avg {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
@@ -311,6 +320,8 @@ def main() -> None:
             f"{t:>6} {n:>11,} {lim:>13,.0f} {ll:>10,.0f} {sc:>10,.0f} {ll / lim:>5.2f}x {sc / lim:>6.2f}x "
             f"{_med(r['loopline'], 'peak_mb'):>10.0f} MB  ({_spread(r['limit'])} / {_spread(r['loopline'])})"
         )
+        cpu_l, cpu_j = _med(r["limit"], "cpu_s"), _med(r["loopline"], "cpu_s")
+        print(f"{'':>18} CPU seconds: limit {cpu_l:.1f}, loopline {cpu_j:.1f} (limit/loopline {cpu_l / cpu_j:.2f}x)")
         for k in ("naive", "loopline_pyfunc"):
             if k in r:
                 print(f"{'':>18} {k}: {_med(r[k], 'rows_per_s'):,.0f} rows/s, peak RSS {_med(r[k], 'peak_mb'):.0f} MB")
