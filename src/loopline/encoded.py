@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -34,15 +34,15 @@ class Part:
 
 
 class EncodedMatrix:
-    """Typed input columns -> the float64 (C-order) matrix the pipeline's model takes."""
+    """Typed input columns -> the float64 matrix the pipeline's model takes."""
 
     def __init__(self, parts: list[Part], model: Any) -> None:
         self.parts = parts
         self.model = model
         self.text = frozenset(p.name for p in parts if p.categories is not None)
 
-    def matrix(self, columns: dict[str, Any], n: int) -> np.ndarray:
-        X = np.empty((n, len(self.parts)), dtype=np.float64)  # C order: rows walk the trees ~6% faster
+    def matrix(self, columns: dict[str, Any], n: int, order: Literal["C", "F"] = "F") -> np.ndarray:
+        X = np.empty((n, len(self.parts)), dtype=np.float64, order=order)
         for j, part in enumerate(self.parts):
             values = columns[part.name]
             if part.categories is None:

@@ -85,6 +85,7 @@ class ModelRuntime:
     proba_estimator: Any = None  # predict_proba on the pyfunc path
     compiled: bool = False
     encoder: EncodedMatrix | None = None  # matrix path of a categorical-input pipeline: columns -> its model's X
+    order: Literal["C", "F"] = "F"  # of the matrix: C for trees, F (as pandas gives) keeps linear models' BLAS sums
 
     # ------------------------------------------------------------------ predict
     @property
@@ -94,9 +95,9 @@ class ModelRuntime:
     def predict(self, columns: dict[str, np.ndarray], n: int, params: dict[str, Any] | None = None) -> Output:
         """Predict typed signature columns (``params`` forces the pyfunc path, which alone takes them)."""
         if self.path == "matrix" and params is None and self.encoder is not None:
-            return self._from_estimator(self.encoder.matrix(columns, n))
+            return self._from_estimator(self.encoder.matrix(columns, n, self.order))
         if self.path == "matrix" and params is None:
-            X = np.empty((n, len(self.signature.columns)), dtype=np.float64)  # C order: ~6% faster trees
+            X = np.empty((n, len(self.signature.columns)), dtype=np.float64, order=self.order)
             for j, c in enumerate(self.signature.columns):
                 X[:, j] = columns[c.name]
             return self._from_estimator(X)
@@ -267,8 +268,10 @@ def choose_path(rt: ModelRuntime, compile_trees: bool = False) -> ModelRuntime:
 
             predictor = compile_(inner_estimator(raw))
             if predictor is not None:
-                candidates.append(dataclasses.replace(base, path="matrix", estimator=predictor, compiled=True))
-        candidates.append(dataclasses.replace(base, path="matrix", estimator=raw))
+                candidates.append(
+                    dataclasses.replace(base, path="matrix", estimator=predictor, compiled=True, order="C")
+                )
+        candidates.append(dataclasses.replace(base, path="matrix", estimator=raw, order=_order(raw)))
     else:
         candidates += _encoded_candidates(base, raw, compile_trees)
         candidates.append(dataclasses.replace(base, path="frame", estimator=raw))
@@ -287,14 +290,23 @@ def _encoded_candidates(base: ModelRuntime, raw: Any, compile_trees: bool) -> li
     enc = plan(raw, base.signature.names)
     if enc is None:
         return []
-    out = [dataclasses.replace(base, path="matrix", estimator=enc.model, encoder=enc)]
+    out = [dataclasses.replace(base, path="matrix", estimator=enc.model, encoder=enc, order=_order(enc.model))]
     if compile_trees:
         from loopline.treepredict import compile_trees as compile_
 
         predictor = compile_(inner_estimator(enc.model))
         if predictor is not None:
-            out.insert(0, dataclasses.replace(out[0], estimator=predictor, compiled=True))
+            out.insert(0, dataclasses.replace(out[0], estimator=predictor, compiled=True, order="C"))
     return out
+
+
+def _order(est: Any) -> Literal["C", "F"]:
+    """C (row-major) for tree ensembles, which read one row at a time (~6% fewer CPU seconds than from a
+    Fortran-order matrix; the same predictions); F for the rest, which is what pandas hands a model (a
+    linear model's BLAS sums then round exactly as on the pyfunc path)."""
+    from loopline.treepredict import TREE_ENSEMBLES
+
+    return "C" if type(inner_estimator(est)).__name__ in TREE_ENSEMBLES else "F"
 
 
 def _classes_match(raw: Any, spec: LabelSpec) -> bool:
