@@ -486,3 +486,86 @@ def test_classifier_batch_scores_typed_labels_and_probabilities(tmp_path: Path, 
         np.testing.assert_allclose(got["probability"].to_numpy(), picked, rtol=1e-12)
     first = dict(got["probabilities"][0])
     assert list(first) == classes and np.allclose(list(first.values()), proba[0])
+
+
+# ----------------------------------------------------------------------------- mixed inputs on the fast path
+def register_mixed_champion(project: Project, encoder: str = "ordinal") -> pa.Table:
+    """A features table with float, int64 and text (with nulls) inputs, and @champion: the categorical-input
+    pipeline ``loopline run train`` logs (estimators.build) around a HistGradientBoostingRegressor."""
+    import mlflow
+    import mlflow.sklearn
+    import skops.io
+    from mlflow.models import infer_signature
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from loopline import tracking
+    from loopline.estimators import build
+
+    rng = np.random.default_rng(3)
+    n = 2_000
+    color = rng.choice(["red", "green", "blue", "teal"], n).astype(object)
+    color[rng.random(n) < 0.05] = None
+    count = rng.integers(-5, 20, n)
+    x1 = rng.normal(size=n)
+    y = 3 * x1 + count * 0.5 + (color == "red") * 4.0 + rng.normal(0, 0.1, n)
+    table = pa.table({"id": np.arange(n), "x1": x1, "count": count, "color": pa.array(color, pa.string()), "y": y})
+    train = table.slice(0, 1_500).to_pandas()
+    train = train[train["color"] != "teal"]  # teal is unseen by the model: scored as missing
+    cols = ["x1", "count", "color"]
+    if encoder == "ordinal":
+        est = build(HistGradientBoostingRegressor, {"max_iter": 30}, ["color"], cols)
+    else:  # an encoder the matrix plan does not take (unknown categories raise): the model's own path
+        from sklearn.compose import ColumnTransformer
+        from sklearn.pipeline import Pipeline
+        from sklearn.preprocessing import OrdinalEncoder
+
+        encode = ColumnTransformer([("c", OrdinalEncoder(), ["color"]), ("n", "passthrough", ["x1", "count"])])
+        est = Pipeline([("encode", encode), ("model", HistGradientBoostingRegressor(max_iter=30))])
+        table = table.filter(pa.compute.is_in(table.column("color"), pa.array(["red", "green", "blue"])))
+        train = train.dropna()
+    est.fit(train[cols], train["y"])
+    with mlflow.start_run(experiment_id=tracking.experiment_id(project)):
+        info = mlflow.sklearn.log_model(
+            est,
+            name="model",
+            signature=infer_signature(train[cols], est.predict(train[cols])),
+            pip_requirements=["scikit-learn"],
+            registered_model_name=project.registered_model,
+            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(est)),  # our own model
+        )
+    tracking.client(project).set_registered_model_alias(
+        project.registered_model, "champion", str(info.registered_model_version)
+    )
+    DeltaStore(project.storage_root).overwrite("features", table)
+    return table
+
+
+def test_int_and_text_inputs_take_the_fast_path_and_agree_with_pyfunc(project: Project) -> None:
+    """A model with int64 and text inputs (nulls, a category it never saw) predicts on the matrix path,
+    threaded, and writes exactly the pyfunc path's (and the pipeline's own) predictions."""
+    from loopline.batch import load_champion, score
+
+    table = register_mixed_champion(project)
+    champion = load_champion(project)
+    assert champion.runtime.path == "matrix" and champion.runtime.encoder is not None
+    score(project, batch_id="fast")
+    score(project, batch_id="pyfunc", fast=False)
+    t = store(project).read("predictions").to_pandas()
+    fast = t[t["_batch_id"] == "fast"].sort_values("id")["prediction"].to_numpy()
+    slow = t[t["_batch_id"] == "pyfunc"].sort_values("id")["prediction"].to_numpy()
+    assert len(fast) == table.num_rows and np.array_equal(fast, slow)
+    raw = champion.runtime.pyfunc.get_raw_model()
+    own = raw.predict(table.to_pandas()[["x1", "count", "color"]])
+    assert np.array_equal(fast, own)
+
+
+def test_pipeline_with_another_encoder_keeps_its_own_path(project: Project) -> None:
+    from loopline.batch import load_champion, score
+
+    table = register_mixed_champion(project, encoder="strict")
+    champion = load_champion(project)
+    assert champion.runtime.path != "matrix" and champion.runtime.encoder is None
+    score(project, batch_id="b")
+    got = store(project).read("predictions").to_pandas().sort_values("id")["prediction"].to_numpy()
+    raw = champion.runtime.pyfunc.get_raw_model()
+    assert np.array_equal(got, raw.predict(table.to_pandas()[["x1", "count", "color"]]))

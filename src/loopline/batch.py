@@ -223,7 +223,8 @@ def _model_frame_columns(batch: pa.RecordBatch, inputs: ModelInputs, where: str)
 class Predictor:
     """Predicts one Arrow record batch through the champion's runtime (labels and, for classifiers,
     probabilities), on the fastest path the runtime verified at load (a float64 matrix for numeric
-    inputs, a DataFrame for models that encode text columns, else the pyfunc)."""
+    inputs and for loopline's categorical-input pipelines, whose text columns stay Arrow arrays for
+    the encoder; a DataFrame for other models that encode text columns; else the pyfunc)."""
 
     def __init__(self, champion: Champion, inputs: ModelInputs, where: str, fast: bool = True) -> None:
         import dataclasses
@@ -244,7 +245,8 @@ class Predictor:
 
         cols = _model_frame_columns(batch, self.inputs, self.where)
         n = batch.num_rows
-        arrays = {c: a.to_numpy(zero_copy_only=False) for c, a in cols.items()}
+        text = self.runtime.encoder.text if self.runtime.encoder is not None else frozenset()
+        arrays = {c: a if c in text else a.to_numpy(zero_copy_only=False) for c, a in cols.items()}
         try:
             return self.runtime.predict(arrays, n)
         except (OutputShapeError, NonNumericOutput) as exc:

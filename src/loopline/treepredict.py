@@ -34,6 +34,7 @@ _FLOAT32_INPUT = {
 }
 _SKLEARN = _FLOAT32_INPUT | {"HistGradientBoostingRegressor", "HistGradientBoostingClassifier"}
 _LIGHTGBM = {"LGBMRegressor", "LGBMClassifier"}
+TREE_ENSEMBLES = frozenset(_SKLEARN | _LIGHTGBM)
 
 
 class TreePredictor:

@@ -34,7 +34,7 @@ CASES = {c.name: c for c in CLASSIFIERS}
 ARROW = {"int": pa.int64(), "bool": pa.bool_(), "str": pa.string()}
 PYTYPE = {"int": int, "bool": bool, "str": str}
 PATHS = {"str_binary": "matrix path, Treelite", "bool": "matrix path)", "int_multi": "matrix path, Treelite"}
-PATHS["str_multi_cat"] = "frame path)"
+PATHS["str_multi_cat"] = "matrix path"  # the categorical pipeline too (loopline.encoded), Treelite if it agrees
 
 
 @dataclass
@@ -92,8 +92,8 @@ def _typed(values: list[Any], kind: str) -> bool:
 
 def test_ready_on_the_runtime_path(served: Served) -> None:
     """The server loads the classifier (a text-label classifier used to fail its smoke test) on the path the
-    runtime chose: Treelite for the boosters, the estimator's matrix path when calibrated, a DataFrame into the
-    pipeline with a categorical encoder."""
+    runtime chose: Treelite for the boosters, the estimator's matrix path when calibrated, and the matrix path for
+    the pipeline with a categorical encoder (its text column encoded to codes, its model predicting them)."""
     r = served.http.get("/ready")
     assert r.status_code == 200 and r.json()["version"] == "1", r.text
     assert f"serving prod.demo version 1 (was None; {PATHS[served.case.name]}" in served.srv.output()
