@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loopline.serving.schema import Column, InputError, Signature, convert_column, convert_columns
+from loopline.serving.errors import InputError, Unprocessable, UnsupportedMediaType
+from loopline.serving.schema import Column, Signature, convert_column, convert_columns
 
 if TYPE_CHECKING:
     from loopline.labels import LabelSpec
@@ -56,7 +57,7 @@ def parse_mlflow(body: bytes, content_type: str | None, sig: Signature, keys: tu
         return parse_mlflow_json(body, sig, keys)
     if ctype in ("text/csv", "application/csv"):
         return parse_csv(body, sig, keys)
-    raise InputError(f"unsupported Content-Type {content_type!r}; send application/json or text/csv", status=415)
+    raise UnsupportedMediaType(f"unsupported Content-Type {content_type!r}; send application/json or text/csv")
 
 
 def _loads(body: bytes) -> Any:
@@ -405,7 +406,7 @@ def _from_json(where: str, data: Any, dtype: str, count: int) -> np.ndarray:
         info = np.iinfo(V2_DTYPES[dtype]) if dtype.startswith(("INT", "UINT")) else None
         bad = next((v for v in flat if info is not None and not info.min <= v <= info.max), None)
         shown = "a value" if bad is None else f"value {bad!r}"
-        raise InputError(f"{where}: {shown} is out of range for {dtype}", status=422) from None
+        raise Unprocessable(f"{where}: {shown} is out of range for {dtype}") from None
 
 
 def _fits(v: Any, dtype: str) -> bool:
