@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -65,7 +65,9 @@ async def _sync_metrics(metrics: Metrics) -> None:
             log.exception("metrics update failed")
 
 
-def _lifespan(plane: DataPlane):  # type: ignore[no-untyped-def]
+def _lifespan(plane: DataPlane) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start the plane (log, champion, alias poller) and the metrics sync; on shutdown stop them in order."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _limit_native_threads()
