@@ -28,18 +28,16 @@ from loopline.serving.logger import TABLE as LOG_TABLE
 from loopline.serving.logger import Entry, PredictionLogger, log_conflict_message, spill_path
 from loopline.serving.metrics import Metrics
 from loopline.serving.model import LoadedModel, ModelHolder, Prediction
-from loopline.serving.protocols import (
+from loopline.serving.protocol_v2 import (
     KIND_TO_V2,
-    Parsed,
-    encode_predictions,
     encode_v2,
     output_metadata,
     output_names,
     output_tensors,
-    parse_mlflow,
     parse_v2,
     select_outputs,
 )
+from loopline.serving.protocols import Parsed, encode_predictions, parse_mlflow
 from loopline.serving.schema import event_times
 from loopline.tables import DeltaStore
 
