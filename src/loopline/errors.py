@@ -79,7 +79,10 @@ class BatchError(LooplineError):
 
 
 class ServingError(LooplineError):
-    """The server could not start or serve."""
+    """The server could not start or serve. ``status`` is the HTTP status a request meeting it gets:
+    the subclasses in ``loopline.serving.errors`` name each (400, 401, 404, 413, 422, 503...)."""
+
+    status: int = 500
 
 
 class MonitoringError(LooplineError):

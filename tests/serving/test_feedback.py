@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from loopline.labels import LabelSpec, spec_for
-from loopline.serving.feedback import FeedbackError, _conform, build_table, parse_items
+from loopline.serving.errors import Conflict
+from loopline.serving.feedback import _conform, build_table, parse_items
 from loopline.serving.schema import InputError
 from loopline.tables import DeltaStore
 
@@ -76,7 +77,7 @@ def test_a_feedback_table_of_another_label_type_is_a_conflict(tmp_path: Path) ->
     store.append("feedback", pa.table({"request_id": ["x"], "label": pa.array(["1"], pa.string())}))
     server = SimpleNamespace(store=store, keys=(), feedback_schema=None)
     table = build_table(parse_items(b'{"request_id": "a", "label": 1}', (), spec), (), spec)
-    with pytest.raises(FeedbackError, match=r"the feedback table's label column is string, but the model's "
+    with pytest.raises(Conflict, match=r"the feedback table's label column is string, but the model's "
                        r"labels are int64") as err:  # fmt: skip
         _conform(server, table)  # type: ignore[arg-type]
     assert err.value.status == 409

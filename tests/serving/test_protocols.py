@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 
 from loopline.labels import LabelSpec, spec_for
-from loopline.serving.protocols import (
+from loopline.serving.protocol_v2 import (
     Tensor,
     encode_v2,
     output_metadata,
     output_names,
     output_tensors,
-    parse_csv,
-    parse_mlflow,
     parse_v2,
     select_outputs,
 )
+from loopline.serving.protocols import parse_csv, parse_mlflow
 from loopline.serving.schema import Column, InputError, Signature
 
 SIG = Signature((Column("city", "string"), Column("age", "integer"), Column("score", "float", required=False)))

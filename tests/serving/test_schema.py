@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from loopline.serving.protocols import parse_v2
+from loopline.serving.protocol_v2 import parse_v2
 from loopline.serving.schema import Column, InputError, Signature, convert_column
 
 LONG = Column("n", "long")

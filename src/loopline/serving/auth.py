@@ -11,15 +11,9 @@ import hmac
 import os
 
 from loopline.errors import ConfigError
+from loopline.serving.errors import Forbidden, Unauthorized
 
 ROLES = ("predict", "feedback", "admin")
-
-
-class AuthFailed(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def parse_tokens(spec: str, env_name: str) -> list[tuple[bytes, frozenset[str]]]:
@@ -61,20 +55,20 @@ class Auth:
             self.enabled = True
 
     def check(self, authorization: str | None, role: str | None) -> None:
-        """Raise AuthFailed(401) without a valid token, AuthFailed(403) without ``role`` (None = any role)."""
+        """Raise Unauthorized (401) without a valid token, Forbidden (403) without ``role`` (None = any role)."""
         if not self.enabled:
             return
         if not authorization:
-            raise AuthFailed(401, "missing Authorization: Bearer <token> header")
+            raise Unauthorized("missing Authorization: Bearer <token> header")
         scheme, _, given = authorization.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
-            raise AuthFailed(401, "the Authorization header must be 'Bearer <token>'")
+            raise Unauthorized("the Authorization header must be 'Bearer <token>'")
         presented = given.strip().encode()
         roles: frozenset[str] | None = None
         for token, token_roles in self.tokens:  # compare against all, no early exit
             if hmac.compare_digest(presented, token):
                 roles = token_roles
         if roles is None:
-            raise AuthFailed(401, "invalid token")
+            raise Unauthorized("invalid token")
         if role is not None and role not in roles and "admin" not in roles:
-            raise AuthFailed(403, f"this token lacks the {role!r} role")
+            raise Forbidden(f"this token lacks the {role!r} role")

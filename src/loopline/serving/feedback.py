@@ -26,28 +26,18 @@ from pydantic import TypeAdapter, ValidationError
 
 from loopline.errors import TableError
 from loopline.labels import LabelSpec, LabelValueError, kind_of_arrow
+from loopline.serving.errors import Conflict, InputError, Unavailable, Unprocessable
 from loopline.serving.openapi import FeedbackItem
-from loopline.serving.schema import InputError
 
 if TYPE_CHECKING:
-    from loopline.serving.app import Server
+    from loopline.serving.dataplane import DataPlane
 
 TABLE = "feedback"
 TS = pa.timestamp("us", tz="UTC")
 _ADAPTER: TypeAdapter[FeedbackItem | list[FeedbackItem]] = TypeAdapter(FeedbackItem | list[FeedbackItem])
 
 
-class FeedbackError(Exception):
-    """Feedback cannot be stored now: the table could not be written, the label type is not known yet
-    (503: the client should retry), or the feedback table's labels are of another type (409)."""
-
-    def __init__(self, message: str, status: int = 503) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-def label_spec(S: Server) -> LabelSpec:
+def label_spec(S: DataPlane) -> LabelSpec:
     """What a label must be: the served model's label contract; before a model is loaded, the type of the
     features table's target column (any value of that type)."""
     model = S.holder.current
@@ -61,7 +51,7 @@ def label_spec(S: Server) -> LabelSpec:
     except (TableError, OSError, pa.ArrowException):
         schema = None
     if schema is None or m.target not in schema.names:
-        raise FeedbackError(
+        raise Unavailable(
             "no model is loaded yet and the features table has no target column "
             f"{m.target!r} (model.target) to take the label type from; retry when the server is ready"
         )
@@ -77,12 +67,12 @@ def _label(value: Any, spec: LabelSpec, where: str) -> Any:
         return label
     except LabelValueError as exc:
         if not spec.is_classifier:
-            raise InputError(f"{where}.label: must be a number for a regression model, got {value!r}", 422) from None
+            raise Unprocessable(f"{where}.label: must be a number for a regression model, got {value!r}") from None
         message = str(exc)
         if "classes" not in message:
             known = f"one of the model's classes {list(spec.classes)}" if spec.classes else "a label of that type"
             message = f"{message}; expected {known} (label type {spec.kind})"
-        raise InputError(f"{where}.label: {message}", status=422) from None
+        raise Unprocessable(f"{where}.label: {message}") from None
 
 
 _UNION_MEMBERS = ("bool", "int", "float", "str", "none")  # pydantic's tags of a label / key value union
@@ -99,8 +89,8 @@ def _invalid(exc: ValidationError, body: bytes) -> InputError:
     if len(loc) >= 2 and loc[-1] in _UNION_MEMBERS:  # a label or key value: one message, not one per member
         value = err.get("input")
         got = "null" if value is None else type(value).__name__.replace("dict", "object")
-        return InputError(f"{_where(loc[:-1])}: must be a boolean, a number or a string, got {got}", status=422)
-    return InputError(f"{_where(loc)}: {err['msg']}", status=422)
+        return Unprocessable(f"{_where(loc[:-1])}: must be a boolean, a number or a string, got {got}")
+    return Unprocessable(f"{_where(loc)}: {err['msg']}")
 
 
 def _where(loc: list[Any]) -> str:
@@ -125,21 +115,21 @@ def parse_items(body: bytes, keys: tuple[str, ...], spec: LabelSpec | Callable[[
         raise _invalid(exc, body) from None
     items = parsed if isinstance(parsed, list) else [parsed]
     if not items:
-        raise InputError("the list of feedback items is empty", status=422)
+        raise Unprocessable("the list of feedback items is empty")
     for i, it in enumerate(items):
         where = f"[{i}]" if isinstance(parsed, list) else "body"
         if it.request_id is None and not it.keys:
-            raise InputError(f"{where}: needs request_id or keys", status=422)
+            raise Unprocessable(f"{where}: needs request_id or keys")
         if it.keys:
             unknown = sorted(set(it.keys) - set(keys))
             if unknown:
                 hint = f"the key columns are {list(keys)}" if keys else "model.keys is empty in loopline.yaml"
-                raise InputError(f"{where}.keys: {unknown} are not key columns ({hint})", status=422)
+                raise Unprocessable(f"{where}.keys: {unknown} are not key columns ({hint})")
         if isinstance(it.label, float) and not math.isfinite(it.label):
-            raise InputError(f"{where}.label: {_json_number(it.label)} is not a label (not a finite number)", 422)
+            raise Unprocessable(f"{where}.label: {_json_number(it.label)} is not a label (not a finite number)")
         for k, v in (it.keys or {}).items():
             if isinstance(v, float) and not math.isfinite(v):
-                raise InputError(f"{where}.keys.{k}: {_json_number(v)} is not a key value (not a finite number)", 422)
+                raise Unprocessable(f"{where}.keys.{k}: {_json_number(v)} is not a key value (not a finite number)")
     typed = spec if isinstance(spec, LabelSpec) else spec()
     for i, it in enumerate(items):
         where = f"[{i}]" if isinstance(parsed, list) else "body"
@@ -168,7 +158,7 @@ def build_table(items: list[FeedbackItem], keys: tuple[str, ...], spec: LabelSpe
     return pa.table(cols)
 
 
-def _reference(S: Server) -> tuple[pa.Schema | None, bool]:
+def _reference(S: DataPlane) -> tuple[pa.Schema | None, bool]:
     """The schema feedback columns must match: the feedback table's own, else (first write) the key
     columns' types in ``predictions`` or ``features`` so that monitoring can join on them. The flag
     says whether the reference is binding (the feedback table itself)."""
@@ -201,7 +191,7 @@ def _text(t: pa.DataType) -> bool:
     return bool(pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t))
 
 
-def _check_label_type(S: Server, schema: pa.Schema, table: pa.Table) -> pa.Table:
+def _check_label_type(S: DataPlane, schema: pa.Schema, table: pa.Table) -> pa.Table:
     """The feedback table's ``label`` must have the model's label type: never a silent cast (409 otherwise)."""
     have, want = schema.field("label").type, table.schema.field("label").type
     if have == want:
@@ -209,14 +199,13 @@ def _check_label_type(S: Server, schema: pa.Schema, table: pa.Table) -> pa.Table
     if _text(have) and _text(want):
         return table.set_column(table.column_names.index("label"), "label", table.column("label").cast(have))
     S.feedback_schema = None  # re-read next time: the table may be migrated meanwhile
-    raise FeedbackError(
+    raise Conflict(
         f"the feedback table's label column is {have}, but the model's labels are {want}; labels "
-        "of another label type cannot be stored in it (migrate or rename the feedback table)",
-        status=409,
+        "of another label type cannot be stored in it (migrate or rename the feedback table)"
     )
 
 
-def _conform(S: Server, table: pa.Table) -> pa.Table:
+def _conform(S: DataPlane, table: pa.Table) -> pa.Table:
     """Cast columns to the reference types; a value that cannot be is the client's 422 when the
     feedback table already fixes the type, and is stored as sent otherwise. ``label`` is never cast."""
     schema, binding = _reference(S)
@@ -237,13 +226,11 @@ def _conform(S: Server, table: pa.Table) -> pa.Table:
             table = table.set_column(table.column_names.index(name), name, _cast(col, want))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
             if binding:
-                raise InputError(
-                    f"keys.{name}: values must be {want} like the feedback table's column", status=422
-                ) from None
+                raise Unprocessable(f"keys.{name}: values must be {want} like the feedback table's column") from None
     return table
 
 
-def known_ids(S: Server, ids: list[str]) -> set[str]:
+def known_ids(S: DataPlane, ids: list[str]) -> set[str]:
     wanted = set(ids)
     found = S.logger.buffered_ids(wanted) if S.logger is not None else set()
     if S.logger is not None:  # in the order rows move: buffer, spill folder, table
@@ -263,7 +250,7 @@ def known_ids(S: Server, ids: list[str]) -> set[str]:
     return found
 
 
-def _store_sync(S: Server, body: bytes) -> dict[str, Any]:
+def _store_sync(S: DataPlane, body: bytes) -> dict[str, Any]:
     typed: list[LabelSpec] = []
 
     def spec() -> LabelSpec:  # once the body is well formed: a malformed one is a 4xx even before a model loads
@@ -279,7 +266,7 @@ def _store_sync(S: Server, body: bytes) -> dict[str, Any]:
         version = S.store.append(TABLE, table, writer="loopline.serving.feedback")
     except TableError as exc:
         S.feedback_schema = None
-        raise FeedbackError(f"the feedback table could not be written; retry: {exc.message}") from None
+        raise Unavailable(f"the feedback table could not be written; retry: {exc.message}") from None
     unknown = [i for i in ids if i not in known]
     S.metrics.feedback.labels("true").inc(len(ids) - len(unknown))
     S.metrics.feedback.labels("false").inc(len(unknown))
@@ -288,5 +275,5 @@ def _store_sync(S: Server, body: bytes) -> dict[str, Any]:
     return {"status": "ok", "accepted": len(items), "unknown_request_ids": unknown, "table_version": version}
 
 
-async def store_feedback(S: Server, body: bytes) -> dict[str, Any]:
+async def store_feedback(S: DataPlane, body: bytes) -> dict[str, Any]:
     return await asyncio.to_thread(_store_sync, S, body)

@@ -22,7 +22,7 @@ import asyncio
 import os
 from typing import Any
 
-from loopline.serving.schema import InputError
+from loopline.serving.errors import RequestTimeout
 
 try:  # what uvicorn's "auto" picks: httptools when installed, else h11
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
@@ -96,8 +96,8 @@ class BodyTimeout:
                 message: dict[str, Any] = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
             except TimeoutError:
                 state["timed_out"] = True
-                raise InputError(
-                    f"the request body did not arrive within {self.seconds:g} s (serving.body_timeout)", status=408
+                raise RequestTimeout(
+                    f"the request body did not arrive within {self.seconds:g} s (serving.body_timeout)"
                 ) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 state["complete"] = True

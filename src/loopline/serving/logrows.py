@@ -265,18 +265,18 @@ def check_passthrough(passthrough: Mapping[str, Any], schema: pa.Schema | None) 
     """Key values sent beside the inputs must fit ``inference_log``'s column of that name (text when the
     table has none yet): a value that does not would send the whole flush of rows to ``rejected/``. A 422
     naming the key, the value and the type otherwise."""
-    from loopline.serving.schema import InputError
+    from loopline.serving.errors import Unprocessable
 
     for name, values in passthrough.items():
         for i, v in enumerate(values if isinstance(values, list) else []):  # event times: checked already
             if v is None:
                 continue
             if not isinstance(v, (str, int, float)):
-                raise InputError(
-                    f"key column {name!r}: {_shown(v)} at row {i} is not a key value (a string or a number)", 422
+                raise Unprocessable(
+                    f"key column {name!r}: {_shown(v)} at row {i} is not a key value (a string or a number)"
                 )
             if isinstance(v, float) and not math.isfinite(v):
-                raise InputError(f"key column {name!r}: {v!r} at row {i} is not a key value (not a finite number)", 422)
+                raise Unprocessable(f"key column {name!r}: {v!r} at row {i} is not a key value (not a finite number)")
         if schema is None or name not in schema.names:
             continue
         want = schema.field(name).type
@@ -287,10 +287,9 @@ def check_passthrough(passthrough: Mapping[str, Any], schema: pa.Schema | None) 
                 try:
                     passthrough_array([v]).cast(want)
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-                    raise InputError(
+                    raise Unprocessable(
                         f"key column {name!r}: {_shown(v)} at row {i} does not fit inference_log's {name!r} column, "
-                        f"which is {want}",
-                        422,
+                        f"which is {want}"
                     ) from None
 
 

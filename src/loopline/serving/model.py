@@ -29,7 +29,8 @@ import numpy as np
 
 from loopline.labels import LabelSpec, py_value
 from loopline.runtime import ModelRuntime, RuntimeLoadError
-from loopline.serving.schema import InputError, Signature
+from loopline.serving.errors import InputError, ModelError, Unprocessable
+from loopline.serving.schema import Signature
 
 if TYPE_CHECKING:
     from loopline.config import Project
@@ -37,10 +38,6 @@ if TYPE_CHECKING:
     from loopline.serving.protocols import Parsed
 
 log = logging.getLogger("loopline.serving")
-
-
-class ModelError(Exception):
-    """A model version could not be loaded or failed its smoke test."""
 
 
 @dataclass(frozen=True)
@@ -119,9 +116,9 @@ def _refused(exc: Exception) -> Exception:
     from mlflow.exceptions import MlflowException
 
     if isinstance(exc, MlflowException):
-        return InputError(f"the model refused the input: {exc.message}", status=400)
+        return InputError(f"the model refused the input: {exc.message}")
     if isinstance(exc, (ValueError, TypeError, KeyError)):
-        return InputError(f"the model cannot predict on this input: {exc}", status=422)
+        return Unprocessable(f"the model cannot predict on this input: {exc}")
     return exc
 
 

@@ -296,3 +296,13 @@ FEEDBACK_BODY: dict[str, Any] = {
         },
     }
 }
+
+
+def _errors(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": model} for s in statuses}
+
+
+# the error statuses each router documents
+ERRS = _errors(ErrorBody, 400, 401, 403, 404, 413, 415, 422, 503)
+FEEDBACK_ERRS = _errors(ErrorBody, 400, 401, 403, 409, 413, 422, 503)
+MLFLOW_ERRS = _errors(MlflowErrorBody, 400, 401, 403, 413, 415, 422, 503)

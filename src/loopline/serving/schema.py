@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from loopline.serving.errors import InputError, Unprocessable
+
 NUMERIC = {"double", "float", "long", "integer", "boolean"}
 _DTYPES: dict[str, Any] = {
     "double": np.float64,
@@ -32,16 +34,6 @@ _INT64 = (-(2**63), 2**63 - 1)
 EXACT_INT = 2**53
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLOAT64_MAX = float(np.finfo(np.float64).max)
-UNREPRESENTABLE = 422  # a value of the right JSON type that the column's type cannot hold (400: wrong shape or type)
-
-
-class InputError(Exception):
-    """A request the server refuses; ``status`` is the HTTP status, the message names the field."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -189,7 +181,7 @@ _BEYOND_EXACT = (
 
 def _unrepresentable(col: Column, value: Any, i: int, why: str) -> InputError:
     shown = value if isinstance(value, str) and value in ("null/NaN", "NaN") else _show(value)
-    return InputError(f"column {col.name!r}: {shown}{_row_hint(i)} is {why}", status=UNREPRESENTABLE)
+    return Unprocessable(f"column {col.name!r}: {shown}{_row_hint(i)} is {why}")
 
 
 def _first_bad(col: Column, arr: np.ndarray, bad: np.ndarray, why: str) -> None:
@@ -284,9 +276,8 @@ def event_times(name: str, values: list[Any]) -> np.ndarray:
                 raise ValueError
             t = datetime.fromisoformat(v)
         except ValueError:
-            raise InputError(
-                f"column {name!r}: {_show(v)}{_row_hint(i)} is not an ISO-8601 datetime (model.time_column)",
-                status=UNREPRESENTABLE,
+            raise Unprocessable(
+                f"column {name!r}: {_show(v)}{_row_hint(i)} is not an ISO-8601 datetime (model.time_column)"
             ) from None
         t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
         out[i] = np.datetime64(t.replace(tzinfo=None), "us")
