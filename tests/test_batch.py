@@ -524,7 +524,7 @@ def register_mixed_champion(project: Project, encoder: str = "ordinal") -> pa.Ta
         table = table.filter(pa.compute.is_in(table.column("color"), pa.array(["red", "green", "blue"])))
         train = train.dropna()
     est.fit(train[cols], train["y"])
-    with mlflow.start_run(experiment_id=tracking.experiment_id(project)):
+    with tracking.bound(project), mlflow.start_run(experiment_id=tracking.experiment_id(project)):
         info = mlflow.sklearn.log_model(
             est,
             name="model",
